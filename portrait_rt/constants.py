@@ -1,0 +1,23 @@
+"""Rates and compression factors shared by every part of portrait-rt (paper §3.1, §4.1)."""
+
+SAMPLE_RATE = 16_000  # model audio rate (Hz)
+FPS = 25  # video frame rate
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 audio samples per video frame
+TEMPORAL_COMPRESSION = 4  # video frames per latent frame (the first latent frame holds one video frame)
+SPATIAL_COMPRESSION = 64  # pixels per latent pixel along each side
+LATENT_CHANNELS = 64
+MAX_REFERENCES = 3
+
+
+def video_frames_for_latents(num_latent_frames: int, first: bool = True) -> int:
+    """Video frames decoded from `num_latent_frames` latent frames (1 + 4(T-1) at stream start, else 4T)."""
+    if num_latent_frames <= 0:
+        return 0
+    return 1 + TEMPORAL_COMPRESSION * (num_latent_frames - 1) if first else TEMPORAL_COMPRESSION * num_latent_frames
+
+
+def latent_frames_for_video(num_video_frames: int) -> int:
+    """Latent frames that cover `num_video_frames` video frames from the start of a stream (ceil)."""
+    if num_video_frames <= 0:
+        return 0
+    return 1 + -(-(num_video_frames - 1) // TEMPORAL_COMPRESSION)
