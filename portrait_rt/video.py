@@ -1,0 +1,146 @@
+"""Video output and input: frames (uint8 T,H,W,3 at 25 fps) + audio -> browser-playable mp4 / streaming segments.
+
+Encoding is h.264 (yuv420p, `+faststart`) with AAC audio, through the ffmpeg binary that imageio-ffmpeg ships (or
+`$PORTRAIT_RT_FFMPEG`). Frames go in over a pipe and audio through a temporary wav, so nothing is re-encoded twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from portrait_rt.constants import FPS, SAMPLE_RATE
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary: `$PORTRAIT_RT_FFMPEG`, else imageio-ffmpeg's bundled one, else `ffmpeg` on PATH."""
+    if os.environ.get("PORTRAIT_RT_FFMPEG"):
+        return os.environ["PORTRAIT_RT_FFMPEG"]
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return "ffmpeg"
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise ValueError(f"Frames must be a non-empty uint8 array (T, H, W, 3), got shape {frames.shape}.")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"Frames must be uint8 (0-255), got {frames.dtype}; convert with frames.astype(np.uint8).")
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ValueError(f"h.264 (yuv420p) needs even frame sizes, got {frames.shape[2]}x{frames.shape[1]}.")
+    return np.ascontiguousarray(frames)
+
+
+def _run_ffmpeg(cmd: list[str], stdin: bytes | None = None) -> bytes:
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ffmpeg failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-800:]}")
+    return proc.stdout
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    audio: np.ndarray | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    fps: int = FPS,
+    container: str | None = None,
+    crf: int = 20,
+    start_time: float = 0.0,
+) -> Path:
+    """Write frames (uint8 T,H,W,3) and optional mono float audio as h.264 + AAC.
+
+    `container` is taken from the suffix (`.mp4`, `.ts`) unless given. `start_time` offsets the timestamps, which
+    keeps consecutive `.ts` segments of a live stream continuous. Audio is trimmed or padded to the video's length.
+    The file is written to a temporary name and renamed, so a reader never sees half a file.
+    """
+    import soundfile as sf
+
+    frames = _check_frames(frames)
+    path = Path(path)
+    container = container or {".ts": "mpegts", ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}.get(path.suffix, "mp4")
+    t, h, w, _ = frames.shape
+    cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-y"]
+    cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0"]
+    with tempfile.TemporaryDirectory() as tmp:
+        if audio is not None:
+            audio = np.asarray(audio, np.float32).reshape(-1)
+            n = round(t / fps * sample_rate)
+            audio = np.pad(audio[:n], (0, max(0, n - audio.size)))
+            wav = Path(tmp) / "audio.wav"
+            sf.write(wav, audio, sample_rate, subtype="FLOAT")
+            cmd += ["-i", str(wav), "-c:a", "aac", "-b:a", "128k", "-ar", "44100", "-ac", "1"]
+        cmd += ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-crf", str(crf)]
+        cmd += ["-pix_fmt", "yuv420p", "-g", str(fps), "-shortest" if audio is not None else "-an"]
+        if start_time:
+            cmd += ["-output_ts_offset", f"{start_time:.6f}"]
+        if container == "mp4":
+            cmd += ["-movflags", "+faststart"]
+        tmp_out = path.with_name(f".{path.name}.partial")
+        cmd += ["-f", container, str(tmp_out)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _run_ffmpeg(cmd, frames.tobytes())
+            os.replace(tmp_out, path)
+        finally:
+            tmp_out.unlink(missing_ok=True)
+    return path
+
+
+def probe(path: str | os.PathLike) -> dict:
+    """Container facts from ffmpeg: duration, fps, frame size, audio rate; for tests and data preparation."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    meta = next(reader)
+    reader.close()
+    return meta
+
+
+def read_video(
+    path: str | os.PathLike, fps: int | None = None, sample_rate: int = SAMPLE_RATE, size: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Read `(frames uint8 (T,H,W,3), mono float32 audio, sample_rate)` from a video file.
+
+    `fps` resamples the video in time (e.g. 25 for training data), `size` scales to `size`x`size` (no crop; use
+    `portrait_rt.data.prepare` for cropping). A file without audio gives an empty audio array.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Video file {str(path)!r} does not exist.")
+    vf = [f"fps={fps}"] if fps else []
+    if size:
+        vf.append(f"scale={size}:{size}:flags=area")
+    meta = probe(path)
+    w, h = (size, size) if size else meta["size"]
+    cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path)]
+    cmd += (["-vf", ",".join(vf)] if vf else []) + ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    raw = _run_ffmpeg(cmd)
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3).copy()
+    if meta.get("audio_codec") is None:
+        return frames, np.zeros(0, np.float32), sample_rate
+    cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), "-vn", "-ac", "1", "-ar", str(sample_rate)]
+    audio = np.frombuffer(_run_ffmpeg(cmd + ["-f", "f32le", "-"]), np.float32).copy()
+    return frames, audio, sample_rate
+
+
+def write_metadata(path: str | os.PathLike, meta: dict) -> None:
+    """Small JSON sidecar (numpy arrays become lists)."""
+
+    def default(o):
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, np.generic):
+            return o.item()
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    Path(path).write_text(json.dumps(meta, default=default, indent=1))
