@@ -1,6 +1,6 @@
 """portrait-rt: real-time streaming audio-driven talking-portrait video.
 
-    from portrait_rt import PortraitRTPipeline, CausalVideoVAE, FlowDiT
+from portrait_rt import PortraitRTPipeline, CausalVideoVAE, FlowDiT
 """
 
 from importlib import import_module

@@ -26,6 +26,7 @@ MAX_SAMPLE_RATE = 384_000
 MAX_DURATION_S = 60 * 60  # one hour: longer inputs are almost certainly a mistake for a talking portrait
 _ABSURD_PEAK = 64.0  # float audio this loud is integer PCM stored as float, or garbage
 
+
 def _check_rate(sample_rate: int) -> int:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer, float)):
         raise ValueError(f"Sample rate must be a number of Hz, got {type(sample_rate).__name__}.")
@@ -46,30 +47,29 @@ def to_float_mono(samples: np.ndarray, allow_empty: bool = False) -> np.ndarray:
     samples = np.asarray(samples)
     if samples.dtype == object or not (np.issubdtype(samples.dtype, np.number) or samples.dtype == bool):
         raise ValueError(f"Audio samples must be a numeric array, got dtype {samples.dtype}.")
-    if samples.ndim == 2:
-        # The channel axis is the short one: (N, C) from soundfile/Gradio, (C, N) from torch-style code.
-        channel_axis = 1 if samples.shape[1] <= samples.shape[0] else 0
-        if samples.shape[channel_axis] > 32:
-            raise ValueError(f"Audio of shape {samples.shape} has no plausible channel axis; pass (N,) or (N, C).")
-        samples = samples.astype(np.float64).mean(axis=channel_axis) if samples.size else samples.reshape(-1)
-        samples = samples if samples.dtype.kind == "f" else samples.astype(np.float64)
-    elif samples.ndim != 1:
+    if samples.dtype == bool:
+        raise ValueError("Audio samples are booleans; pass PCM samples (int16 or float).")
+    if samples.ndim not in (1, 2):
         raise ValueError(f"Audio must be 1-D (N,) or 2-D (N, C), got shape {samples.shape}.")
     if samples.size == 0:
         if allow_empty:
             return np.zeros(0, np.float32)
         raise ValueError("Audio is empty (0 samples); record or upload some speech.")
 
-    kind = samples.dtype.kind
+    # Integer PCM -> float in [-1, 1] first, then average the channels.
+    kind, bits = samples.dtype.kind, 8 * samples.dtype.itemsize
+    x = samples.astype(np.float64)
     if kind == "u":
-        half = float(2 ** (8 * samples.dtype.itemsize - 1))
-        x = (samples.astype(np.float64) - half) / half
+        x = (x - 2.0 ** (bits - 1)) / 2.0 ** (bits - 1)
     elif kind == "i":
-        x = samples.astype(np.float64) / float(2 ** (8 * samples.dtype.itemsize - 1))
-    elif kind == "b":
-        raise ValueError("Audio samples are booleans; pass PCM samples (int16 or float).")
-    else:
-        x = samples.astype(np.float64)
+        x = x / 2.0 ** (bits - 1)
+    if x.ndim == 2:
+        # The channel axis is the short one: (N, C) from soundfile/Gradio, (C, N) from torch-style code.
+        channel_axis = 1 if x.shape[1] <= x.shape[0] else 0
+        if x.shape[channel_axis] > 32:
+            raise ValueError(f"Audio of shape {x.shape} has no plausible channel axis; pass (N,) or (N, C).")
+        with np.errstate(invalid="ignore"):
+            x = x.mean(axis=channel_axis)
 
     finite = np.isfinite(x)
     if not finite.any():

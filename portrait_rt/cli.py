@@ -27,10 +27,13 @@ def _top_parser() -> argparse.ArgumentParser:
         prog="python -m portrait_rt",
         description="portrait-rt: real-time streaming audio-driven talking-portrait video.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in SUBCOMMANDS.items())
+        epilog="commands:\n"
+        + "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in SUBCOMMANDS.items())
         + "\n\nRun `python -m portrait_rt <command> --help` for a command's options.",
     )
-    parser.add_argument("command", choices=list(SUBCOMMANDS), metavar="command", help="one of: " + ", ".join(SUBCOMMANDS))
+    parser.add_argument(
+        "command", choices=list(SUBCOMMANDS), metavar="command", help="one of: " + ", ".join(SUBCOMMANDS)
+    )
     return parser
 
 
