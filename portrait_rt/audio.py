@@ -112,8 +112,8 @@ def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
-def load_audio(source, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Load `source` (a path or `(samples, sample_rate)`) as mono float32 at `sample_rate`.
+def read_mono(source) -> tuple[np.ndarray, int]:
+    """Validated mono float32 audio at its own rate: `(samples, sample_rate)` from a path or a pair.
 
     Raises:
         ValueError: empty, all-NaN/inf, absurdly loud or long audio, unusable sample rate, unreadable file.
@@ -131,6 +131,12 @@ def load_audio(source, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     x = to_float_mono(samples)
     if x.size / rate > MAX_DURATION_S:
         raise ValueError(f"Audio is {x.size / rate / 60:.0f} minutes long; split it into clips under an hour.")
+    return x, rate
+
+
+def load_audio(source, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Load `source` (a path or `(samples, sample_rate)`) as validated mono float32 at `sample_rate` (soxr HQ)."""
+    x, rate = read_mono(source)
     if rate != sample_rate:
         x = soxr.resample(x, rate, sample_rate, quality="HQ").astype(np.float32)
     return x
@@ -203,6 +209,12 @@ class AudioStreamBuffer:
         if not self.closed:
             self._flush_resampler()
             self.closed = True
+
+    def pad(self, num_samples: int) -> None:
+        """Append `num_samples` of model-rate silence after `close()` (to complete the last block)."""
+        if not self.closed:
+            raise ValueError("pad() is for the end of a stream; call close() first.")
+        self._append(np.zeros(max(0, num_samples), np.float32))
 
     def pop(self, num_samples: int, partial: bool = False) -> np.ndarray | None:
         """Exactly `num_samples` model-rate samples, or None if not yet available.

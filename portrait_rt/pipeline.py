@@ -1,0 +1,355 @@
+"""PortraitRTPipeline: reference images + speech -> talking-portrait video, offline or streamed (Algorithm 2).
+
+    pipe = PortraitRTPipeline.from_pretrained("assets/portrait-rt-demo")
+    out = pipe(reference_images=["me.png"], audio="speech.wav")              # out.frames: uint8 (T, H, W, 3)
+    for frames in pipe.stream(["me.png"], microphone_chunks):                # uint8 (t, H, W, 3) per block
+        ...
+
+Streaming, per block of k latent frames (16 video frames for k = 4; 13 for a stream's first block):
+1. the block's audio features (built-in or pretrained audio encoder, per 25 fps frame);
+2. `num_inference_steps` Euler steps of rectified flow with G reading the KV cache (CFG branches batched);
+3. one pass of G at t = 0 on the clean block, the only pass that writes the KV cache (window reset inside G);
+4. the causal VAE decoder turns the block into frames, carrying its convolution caches.
+
+`__call__` is `stream()` on the whole clip, so the two agree frame for frame given the same seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from portrait_rt.audio import is_silent, load_audio, read_mono
+from portrait_rt.constants import SAMPLE_RATE, SAMPLES_PER_FRAME, SPATIAL_COMPRESSION
+from portrait_rt.images import load_reference_images
+from portrait_rt.models.audio_encoder import AudioEncoder
+from portrait_rt.models.transformer import FlowDiT
+from portrait_rt.models.vae import CausalVideoVAE
+from portrait_rt.presets import get_preset
+from portrait_rt.streaming import BlockTiming, StreamState
+
+MAX_GUIDANCE = 20.0
+MAX_STEPS = 1000
+
+
+@dataclass
+class PortraitRTPipelineOutput(BaseOutput):
+    """frames: uint8 (T, H, W, 3) at 25 fps; audio: the mono float32 audio (at `sample_rate`) that drove them."""
+
+    frames: np.ndarray
+    audio: np.ndarray
+    sample_rate: int
+    timings: list[BlockTiming]
+
+
+def cfg_combine(v: torch.Tensor, guidance_audio: float, guidance_reference: float) -> torch.Tensor:
+    """Equation (I): G = la(Gf - Gna) + lr(Gf - Gnr) - Gf + Gna + Gnr, over the rows the stream computed.
+
+    Rows are [full] + [no-audio if la != 1] + [no-reference if lr != 1]; a branch whose scale is 1 drops out of
+    equation (I) exactly, so it is never computed.
+    """
+    full, rest = v[:1], list(v[1:])
+    out = full
+    if guidance_audio != 1.0:
+        out = out + (guidance_audio - 1.0) * (full - rest.pop(0))
+    if guidance_reference != 1.0:
+        out = out + (guidance_reference - 1.0) * (full - rest.pop(0))
+    return out
+
+
+class PortraitRTPipeline(DiffusionPipeline):
+    """Audio-driven talking portraits from 1-3 reference images (the paper's VAE + blockwise autoregressive DiT).
+
+    Components: `vae` (`CausalVideoVAE`), `transformer` (`FlowDiT`), `audio_encoder` (`AudioEncoder` or a pretrained
+    wrapper), `scheduler` (`FlowMatchEulerDiscreteScheduler`, shift 5).
+    """
+
+    model_cpu_offload_seq = "audio_encoder->transformer->vae"
+
+    def __init__(
+        self,
+        vae: CausalVideoVAE,
+        transformer: FlowDiT,
+        audio_encoder: AudioEncoder,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+    ):
+        super().__init__()
+        self.register_modules(vae=vae, transformer=transformer, audio_encoder=audio_encoder, scheduler=scheduler)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_preset(cls, name: str, **scheduler_kwargs) -> PortraitRTPipeline:
+        """A randomly initialised pipeline of preset `name` ("tiny" | "demo" | "paper"), built offline.
+
+        Under `with torch.device("meta"):` nothing is allocated (for parameter counts of the paper preset).
+        """
+        cfg = get_preset(name)
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=cfg["pipeline"]["shift"], **scheduler_kwargs)
+        return cls(
+            vae=CausalVideoVAE(**cfg["vae"]),
+            transformer=FlowDiT(**cfg["transformer"]),
+            audio_encoder=AudioEncoder(**cfg["audio_encoder"]),
+            scheduler=scheduler,
+        )
+
+    @property
+    def resolution(self) -> int:
+        return int(self.vae.config.resolution)
+
+    # ------------------------------------------------------------------ validation
+    def check_inputs(
+        self,
+        guidance_audio: float,
+        guidance_reference: float,
+        num_inference_steps: int,
+        block_size: int | None = None,
+        kv_window: int | None = None,
+    ) -> None:
+        """Raise `ValueError` with what to change for out-of-range settings (images and audio are checked on load)."""
+        for name, value in (("guidance_audio", guidance_audio), ("guidance_reference", guidance_reference)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
+                raise ValueError(f"{name} must be a number, got {value!r}.")
+            if not 0.0 <= value <= MAX_GUIDANCE:
+                raise ValueError(
+                    f"{name}={value} is out of range; use 0 to {MAX_GUIDANCE:g} (1 = no guidance, 2 = default)."
+                )
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+            raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}.")
+        if not 1 <= num_inference_steps <= MAX_STEPS:
+            raise ValueError(f"num_inference_steps={num_inference_steps}; use 1 to {MAX_STEPS} (12 is the paper's).")
+        if block_size is not None and not 1 <= block_size <= 4:
+            raise ValueError(f"block_size={block_size}; use 1 to 4 latent frames (4 = 16 video frames, the paper's).")
+        if kv_window is not None and block_size is not None and (kv_window < 2 * block_size or kv_window % block_size):
+            raise ValueError(
+                f"kv_window={kv_window} must be a multiple of block_size={block_size}, at least two blocks."
+            )
+
+    # ------------------------------------------------------------------ streaming API
+    @torch.no_grad()
+    def start_stream(
+        self,
+        reference_images,
+        guidance_audio: float = 2.0,
+        guidance_reference: float = 2.0,
+        num_inference_steps: int = 12,
+        generator: torch.Generator | None = None,
+        block_size: int | None = None,
+        kv_window: int | None = None,
+    ) -> StreamState:
+        """Algorithm 2, step 1: load the references, precompute f_r = E1(I_r), z_r = E(I_r) and KV_r.
+
+        `reference_images`: 1-3 paths / PIL images / arrays. Returns the stream's own state.
+        """
+        block_size = int(block_size or self.transformer.config.block_size)
+        kv_window = int(kv_window or self.transformer.config.kv_window)
+        self.check_inputs(guidance_audio, guidance_reference, num_inference_steps, block_size, kv_window)
+        refs = load_reference_images(reference_images, self.resolution)  # (M, H, W, 3) uint8
+        device, dtype = self._execution_device, self.transformer.dtype
+
+        images = torch.from_numpy(refs).to(device=device, dtype=self.vae.dtype)
+        images = images.permute(0, 3, 1, 2).unsqueeze(0) / 127.5 - 1.0  # (1, M, 3, H, W) in [-1, 1]
+        f_c, z_r = self.vae.encode_reference(images)
+        z_r = (z_r - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+
+        # CFG rows: [full] + [no-audio] + [no-reference]; a branch whose scale is 1 is not computed at all.
+        drop_audio, drop_reference = [False], [False]
+        if guidance_audio != 1.0:
+            drop_audio.append(True), drop_reference.append(False)
+        if guidance_reference != 1.0:
+            drop_audio.append(False), drop_reference.append(True)
+        rows = len(drop_audio)
+        drop_audio = torch.tensor(drop_audio, device=device)
+        h = w = self.resolution // SPATIAL_COMPRESSION
+        cache = self.transformer.init_kv_cache(
+            rows,
+            refs.shape[0],
+            latent_size=(h, w),
+            kv_window=kv_window,
+            block_size=block_size,
+            device=device,
+            dtype=dtype,
+        )
+        self.transformer.prefill_references(
+            cache,
+            z_r.to(dtype).expand(rows, *z_r.shape[1:]),
+            drop_reference=torch.tensor(drop_reference, device=device),
+        )
+        scheduler = copy.deepcopy(self.scheduler)
+        return StreamState(
+            reference_frames=refs,
+            ref_features=f_c,
+            kv_cache=cache,
+            drop_audio=drop_audio,
+            guidance_audio=float(guidance_audio),
+            guidance_reference=float(guidance_reference),
+            num_inference_steps=int(num_inference_steps),
+            block_size=block_size,
+            generator=generator,
+            scheduler=scheduler,
+            audio_state=self.audio_encoder.init_stream_state(1),
+        )
+
+    @torch.no_grad()
+    def feed(self, state: StreamState, samples: np.ndarray, sample_rate: int) -> Iterator[np.ndarray]:
+        """Add an audio chunk (any size, dtype and rate) and yield the frames of every block it completes."""
+        if state.finished:
+            raise ValueError("This stream has been flushed; start a new one with start_stream().")
+        state.audio_buffer.push(samples, sample_rate)
+        yield from self._run_ready_blocks(state, final=False)
+
+    @torch.no_grad()
+    def flush(self, state: StreamState) -> Iterator[np.ndarray]:
+        """End of audio: pad the last partial block with silence, generate it, trim to the audio's length."""
+        if state.finished:
+            return
+        buf = state.audio_buffer
+        buf.close()
+        total_frames = -(-buf.total_samples // SAMPLES_PER_FRAME)  # the audio's length in frames (ceil)
+        # Silence up to the end of the block holding the last frame: the model sees a speaker falling quiet.
+        need, block = total_frames - state.frames_out, state.block_index
+        pad_frames = 0
+        while need > 0:
+            step = state.block_video_frames(block)
+            pad_frames += step
+            need -= step
+            block += 1
+        pad = (state.frames_out + pad_frames) * SAMPLES_PER_FRAME - buf.total_samples
+        buf.pad(pad)
+        for frames in self._run_ready_blocks(state, final=True):
+            keep = min(frames.shape[0], total_frames - (state.frames_out - frames.shape[0]))
+            if keep > 0:
+                yield frames[:keep]
+        state.finished = True
+
+    def stream(
+        self,
+        reference_images,
+        audio_chunks: Iterable[tuple[np.ndarray, int]],
+        guidance_audio: float = 2.0,
+        guidance_reference: float = 2.0,
+        num_inference_steps: int = 12,
+        generator: torch.Generator | None = None,
+        block_size: int | None = None,
+        kv_window: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Generator of uint8 frames (t, H, W, 3), one array per block, as audio chunks `(samples, rate)` arrive."""
+        state = self.start_stream(
+            reference_images, guidance_audio, guidance_reference, num_inference_steps, generator, block_size, kv_window
+        )
+        for samples, rate in audio_chunks:
+            yield from self.feed(state, samples, rate)
+        yield from self.flush(state)
+
+    # ------------------------------------------------------------------ one block (Algorithm 2, steps 2-4)
+    def _encode_available_audio(self, state: StreamState, final: bool) -> None:
+        # Fixed one-frame pieces: the encoder sees the same calls whatever the microphone's chunking was.
+        while (piece := state.audio_buffer.pop(SAMPLES_PER_FRAME)) is not None:
+            x = torch.from_numpy(piece).to(self._execution_device, self.audio_encoder.dtype)[None]
+            feats, state.audio_state = self.audio_encoder.encode_chunk(x, state.audio_state, final=False)
+            state.audio_features.extend(feats[0].unbind(0))
+        if final:
+            empty = torch.zeros(1, 0, device=self._execution_device, dtype=self.audio_encoder.dtype)
+            feats, state.audio_state = self.audio_encoder.encode_chunk(empty, state.audio_state, final=True)
+            state.audio_features.extend(feats[0].unbind(0))
+
+    def _run_ready_blocks(self, state: StreamState, final: bool) -> Iterator[np.ndarray]:
+        t0 = time.perf_counter()
+        self._encode_available_audio(state, final)
+        audio_ms = (time.perf_counter() - t0) * 1e3
+        while len(state.audio_features) >= state.block_video_frames():
+            n = state.block_video_frames()
+            feats = torch.stack(state.audio_features[:n])[None]  # (1, n, D)
+            del state.audio_features[:n]
+            yield self._generate_block(state, feats, audio_ms)
+            audio_ms = 0.0
+
+    def _generate_block(self, state: StreamState, audio_features: torch.Tensor, audio_ms: float) -> np.ndarray:
+        start = time.perf_counter()
+        dit, vae, rows = self.transformer, self.vae, state.num_branches
+        device, dtype = self._execution_device, dit.dtype
+        h = w = self.resolution // SPATIAL_COMPRESSION
+        audio = audio_features.to(dtype).expand(rows, -1, -1)
+        timing = BlockTiming(block=state.block_index, frames=audio_features.shape[1], audio_ms=audio_ms)
+
+        # 2. Denoising: Euler steps of the rectified-flow ODE from noise (t = 1) to data (t = 0).
+        latents = randn_tensor(
+            (1, dit.config.in_channels, state.block_size, h, w), generator=state.generator, device=device, dtype=dtype
+        )
+        state.scheduler.set_timesteps(state.num_inference_steps, device=device)
+        for t in state.scheduler.timesteps:
+            v = dit.forward_cached(
+                state.kv_cache,
+                latents.expand(rows, -1, -1, -1, -1),
+                t.expand(rows).to(dtype),
+                audio,
+                drop_audio=state.drop_audio,
+            )
+            v = cfg_combine(v, state.guidance_audio, state.guidance_reference)
+            latents = state.scheduler.step(v, t, latents, return_dict=False)[0]
+        t1 = time.perf_counter()
+        timing.denoise_ms = (t1 - start) * 1e3
+
+        # 3. The t = 0 pass on the clean block: the only pass that writes the KV cache.
+        dit.update_cache(state.kv_cache, latents.expand(rows, -1, -1, -1, -1), audio, drop_audio=state.drop_audio)
+        t2 = time.perf_counter()
+        timing.kv_ms = (t2 - t1) * 1e3
+
+        # 4. Causal decoding with the reference features, carrying the decoder's caches across blocks.
+        z = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        video, state.decoder_cache = vae.decode_chunk(z, state.ref_features, cache=state.decoder_cache)
+        frames = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, n, H, W)
+        frames = frames.permute(1, 2, 3, 0).cpu().numpy()  # (n, H, W, 3)
+        timing.decode_ms = (time.perf_counter() - t2) * 1e3
+        timing.latency_ms = timing.audio_ms + (time.perf_counter() - start) * 1e3
+
+        state.timings.append(timing)
+        state.block_index += 1
+        state.frames_out += frames.shape[0]
+        return frames
+
+    # ------------------------------------------------------------------ offline
+    @torch.no_grad()
+    def __call__(
+        self,
+        reference_images,
+        audio,
+        guidance_audio: float = 2.0,
+        guidance_reference: float = 2.0,
+        num_inference_steps: int = 12,
+        generator: torch.Generator | None = None,
+        block_size: int | None = None,
+        kv_window: int | None = None,
+        return_dict: bool = True,
+    ) -> PortraitRTPipelineOutput | tuple:
+        """Generate the whole video for `audio` (a path or `(samples, sample_rate)`); built on `stream()`.
+
+        Returns `PortraitRTPipelineOutput(frames uint8 (T, H, W, 3) at 25 fps, audio, sample_rate, timings)` with
+        T = ceil(audio length / 40 ms).
+        """
+        samples, rate = read_mono(audio)
+        if is_silent(samples):
+            raise ValueError("The audio is silent (below -60 dBFS); give speech for the portrait to say.")
+        state = self.start_stream(
+            reference_images, guidance_audio, guidance_reference, num_inference_steps, generator, block_size, kv_window
+        )
+        # The clip goes through the stream's own audio buffer, so __call__ and stream() resample identically.
+        total = -(-round(samples.size * SAMPLE_RATE / rate) // SAMPLES_PER_FRAME)
+        chunks: list[np.ndarray] = []
+        with self.progress_bar(total=total) as bar:
+            for part in itertools.chain(self.feed(state, samples, rate), self.flush(state)):
+                chunks.append(part)
+                bar.update(part.shape[0])
+        frames = np.concatenate(chunks)
+        audio = load_audio((samples, rate), SAMPLE_RATE)
+        if not return_dict:
+            return (frames, audio)
+        return PortraitRTPipelineOutput(frames=frames, audio=audio, sample_rate=SAMPLE_RATE, timings=state.timings)

@@ -1,0 +1,136 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from portrait_rt.constants import FPS, SAMPLE_RATE
+from portrait_rt.pipeline import PortraitRTPipeline, cfg_combine
+
+from .conftest import speech_like
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _chunks(x, rate, seed):
+    """Random chunks of 1 ms to 2 s."""
+    rng = np.random.default_rng(seed)
+    i = 0
+    while i < x.size:
+        n = int(rng.integers(max(1, rate // 1000), 2 * rate))
+        yield x[i : i + n], rate
+        i += n
+
+
+@pytest.mark.parametrize("rate", [16000, 22050, 44100, 48000])
+def test_stream_equals_call(tiny_pipe, portraits, rate):
+    # tiny: blocks of 2 latent frames, KV window 8 -> a window reset every 4 blocks; 3.2 s spans two resets.
+    x = speech_like(3.2, rate, seed=rate)
+    out = tiny_pipe(portraits[:2], (x, rate), num_inference_steps=2, generator=_gen(3))
+    streamed = np.concatenate(
+        list(tiny_pipe.stream(portraits[:2], _chunks(x, rate, rate), num_inference_steps=2, generator=_gen(3)))
+    )
+    assert out.frames.shape == streamed.shape == (80, 64, 64, 3)
+    assert len(out.timings) >= 10  # more than two KV windows of 4 blocks
+    assert np.array_equal(out.frames, streamed)
+    assert out.audio.shape[0] == round(x.size * SAMPLE_RATE / rate)
+
+
+def test_guidance_one_is_single_unguided_branch(tiny_pipe, portraits):
+    state = tiny_pipe.start_stream(portraits[:1], guidance_audio=1.0, guidance_reference=1.0, num_inference_steps=2)
+    assert state.num_branches == 1
+    assert tiny_pipe.start_stream(portraits[:1], guidance_audio=2.0, guidance_reference=1.0).num_branches == 2
+    x = (speech_like(1.0), SAMPLE_RATE)
+    base = tiny_pipe(portraits[:1], x, 1.0, 1.0, num_inference_steps=2, generator=_gen()).frames
+    for ga, gr in [(2.0, 1.0), (1.0, 2.0), (3.0, 3.0)]:
+        other = tiny_pipe(portraits[:1], x, ga, gr, num_inference_steps=2, generator=_gen()).frames
+        assert np.abs(other.astype(int) - base.astype(int)).max() > 0, (ga, gr)
+
+
+def test_cfg_combine_is_equation_I():
+    g = torch.Generator().manual_seed(0)
+    full, no_audio, no_ref = torch.randn(3, 1, 4, generator=g).unbind(0)
+    v = torch.stack([full, no_audio, no_ref])
+    la, lr = 2.5, 1.7
+    expected = la * (full - no_audio) + lr * (full - no_ref) - full + no_audio + no_ref
+    torch.testing.assert_close(cfg_combine(v, la, lr)[0], expected)
+    torch.testing.assert_close(cfg_combine(v[:2], la, 1.0)[0], la * (full - no_audio) + no_audio)
+    torch.testing.assert_close(cfg_combine(v[[0, 2]], 1.0, lr)[0], lr * (full - no_ref) + no_ref)
+    torch.testing.assert_close(cfg_combine(v[:1], 1.0, 1.0)[0], full)
+
+
+@pytest.mark.parametrize("seconds", [0.2, 0.52, 0.84, 1.37])  # 5 frames = 1 block, 21 = 3 blocks, 35 = 1 + 3.75
+def test_frame_count_matches_audio(tiny_pipe, portraits, seconds):
+    x = speech_like(seconds)
+    out = tiny_pipe(portraits[:1], (x, SAMPLE_RATE), num_inference_steps=1, generator=_gen())
+    assert out.frames.shape[0] == int(np.ceil(x.size / (SAMPLE_RATE / FPS)))
+    assert out.frames.dtype == np.uint8 and out.frames.shape[1:] == (64, 64, 3)
+
+
+def test_interleaved_streams_are_isolated(tiny_pipe, portraits):
+    xa, xb = speech_like(1.5, seed=1), speech_like(1.5, 44100, seed=2)
+    alone_a = np.concatenate(
+        list(tiny_pipe.stream(portraits[:1], _chunks(xa, SAMPLE_RATE, 0), generator=_gen(1), num_inference_steps=2))
+    )
+    alone_b = np.concatenate(
+        list(
+            tiny_pipe.stream(
+                portraits[1:3], _chunks(xb, 44100, 1), guidance_audio=3.0, generator=_gen(2), num_inference_steps=2
+            )
+        )
+    )
+    sa = tiny_pipe.start_stream(portraits[:1], generator=_gen(1), num_inference_steps=2)
+    sb = tiny_pipe.start_stream(portraits[1:3], guidance_audio=3.0, generator=_gen(2), num_inference_steps=2)
+    got_a, got_b = [], []
+    for a, b in itertools.zip_longest(_chunks(xa, SAMPLE_RATE, 0), _chunks(xb, 44100, 1)):  # alternate chunks
+        if a is not None:
+            got_a += list(tiny_pipe.feed(sa, *a))
+        if b is not None:
+            got_b += list(tiny_pipe.feed(sb, *b))
+    got_a += list(tiny_pipe.flush(sa))
+    got_b += list(tiny_pipe.flush(sb))
+    assert np.array_equal(np.concatenate(got_a), alone_a)
+    assert np.array_equal(np.concatenate(got_b), alone_b)
+
+
+def test_save_load_round_trip(tiny_pipe, portraits, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "pipe")
+    files = {p.suffix for p in (tmp_path / "pipe").rglob("*") if p.is_file()}
+    assert ".safetensors" in files and not files & {".bin", ".pt", ".pth", ".ckpt"}
+    loaded = PortraitRTPipeline.from_pretrained(tmp_path / "pipe")
+    x = (speech_like(0.8), SAMPLE_RATE)
+    a = tiny_pipe(portraits[:2], x, num_inference_steps=2, generator=_gen(5)).frames
+    b = loaded(portraits[:2], x, num_inference_steps=2, generator=_gen(5)).frames
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"reference_images": []}, "at least one"),
+        ({"reference_images": "P4"}, "1 to 3"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"guidance_audio": -1.0}, "guidance_audio"),
+        ({"guidance_reference": 1e6}, "guidance_reference"),
+        ({"audio": (np.zeros(16000, np.float32), SAMPLE_RATE)}, "silent"),
+        ({"audio": (np.zeros(0, np.float32), SAMPLE_RATE)}, "empty"),
+        ({"block_size": 7}, "block_size"),
+        ({"reference_images": [b"not an image"]}, "reference image"),
+    ],
+)
+def test_bad_inputs(tiny_pipe, portraits, kwargs, match):
+    args = {"reference_images": portraits[:1], "audio": (speech_like(0.5), SAMPLE_RATE), "num_inference_steps": 1}
+    if kwargs.get("reference_images") == "P4":
+        kwargs = {"reference_images": portraits + portraits[:1]}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        tiny_pipe(**args)
+
+
+def test_from_preset_paper_on_meta_allocates_nothing():
+    with torch.device("meta"):
+        pipe = PortraitRTPipeline.from_preset("paper")
+    assert all(p.is_meta for p in pipe.transformer.parameters())
+    assert sum(p.numel() for p in pipe.transformer.parameters()) > 0.9e9
