@@ -1,0 +1,207 @@
+"""Streaming speed benchmark: `python -m portrait_rt bench` (also `python benchmarks/stream.py`), prints JSON.
+
+Runs `pipe.start_stream` / `pipe.feed` on synthetic speech-like audio for a preset or a model folder, after warm-up,
+and reports sustained FPS, first-block latency, per-component milliseconds (audio encoder, denoising, KV pass,
+decode), peak memory, the analytical FLOPs of G per block (counted by `torch.utils.flop_counter` on the meta device)
+with the MFU they imply, and the same figures over the last minutes of a long stream (flatness).
+Random weights are fine for speed: it does not depend on weight values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+from portrait_rt.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="preset:tiny", help="`preset:NAME` (random weights) or a pipeline folder")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--no-guidance", action="store_true", help="guidance 1/1: a single branch")
+    parser.add_argument("--guidance", type=float, default=2.0, help="audio and reference guidance scale")
+    parser.add_argument("--block-size", type=int, default=None)
+    parser.add_argument("--streams", type=int, default=1, help="concurrent streams (interleaved block by block)")
+    parser.add_argument("--blocks", type=int, default=8, help="measured blocks per stream (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up blocks per stream")
+    parser.add_argument("--minutes", type=float, default=0.0, help="stream this long and report flatness")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def transformer_flops_per_block(pipe, state) -> float:
+    """FLOPs of G for one block: steps x (all CFG rows) forwards + the t=0 KV pass, with a full KV window.
+
+    Counted by `torch.utils.flop_counter.FlopCounterMode` on a meta-device copy of the transformer, so it is exact
+    for the matmuls and attention of this implementation (elementwise work is not counted, as usual for MFU).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dit = pipe.transformer
+    with torch.device("meta"):
+        meta = type(dit).from_config(dit.config)
+    rows, k = state.num_branches, state.block_size
+    h = w = pipe.resolution // 64
+    m = state.reference_frames.shape[0]
+    cache = meta.init_kv_cache(rows, m, latent_size=(h, w), block_size=k, device="meta", dtype=torch.float32)
+    z_r = torch.zeros(rows, m, dit.config.in_channels, h, w, device="meta")
+    meta.prefill_references(cache, z_r)
+    audio_dim = dit.config.audio_dim
+    # fill the window up to its last block: the slowest (longest-context) block, as the paper reports
+    window = meta.config.kv_window
+    first = True
+    for _ in range(window // k - 1):
+        n = 1 + 4 * (k - 1) if first else 4 * k
+        meta.update_cache(
+            cache,
+            torch.zeros(rows, dit.config.in_channels, k, h, w, device="meta"),
+            torch.zeros(rows, n, audio_dim, device="meta"),
+        )
+        first = False
+    x = torch.zeros(rows, dit.config.in_channels, k, h, w, device="meta")
+    a = torch.zeros(rows, 4 * k, audio_dim, device="meta")
+    t = torch.zeros(rows, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        meta.forward_cached(cache, x, t, a)
+    step = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        meta.update_cache(cache, x, a)
+    return float(step * state.num_inference_steps + counter.get_total_flops())
+
+
+KNOWN_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10G": 125.0, "RTX 4090": 165.0}
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    from portrait_rt.generate import load_pipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.model, args.device)
+    dtype = getattr(torch, args.dtype)
+    pipe.transformer.to(dtype)
+    pipe.vae.to(dtype)
+    guidance = 1.0 if args.no_guidance else args.guidance
+    res = pipe.resolution
+    refs = [np.random.default_rng(i).integers(0, 255, (res, res, 3), dtype=np.uint8) for i in range(2)]
+    states = [
+        pipe.start_stream(refs, guidance, guidance, args.steps, torch.Generator().manual_seed(i), args.block_size)
+        for i in range(args.streams)
+    ]
+    block_frames = states[0].block_video_frames(1)
+    rng = np.random.default_rng(0)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    def one_block(state) -> tuple[int, float]:
+        """Feed one block's worth of audio; return (frames out, seconds)."""
+        n = state.block_video_frames() if state.block_index == 0 else block_frames
+        audio = (0.2 * rng.standard_normal(n * SAMPLES_PER_FRAME)).astype(np.float32)
+        start = time.perf_counter()
+        frames = sum(f.shape[0] for f in pipe.feed(state, audio, SAMPLE_RATE))
+        sync()
+        return frames, time.perf_counter() - start
+
+    first_latency = [one_block(s)[1] * 1e3 for s in states]  # the first block includes the audio look-ahead wait
+    for _ in range(max(0, args.warmup - 1)):
+        for s in states:
+            one_block(s)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+    def measure(num_blocks: int) -> dict:
+        frames, start = 0, time.perf_counter()
+        marks = [len(s.timings) for s in states]
+        for _ in range(num_blocks):
+            for s in states:
+                frames += one_block(s)[0]
+        seconds = time.perf_counter() - start
+        timings = [t for s, m in zip(states, marks) for t in s.timings[m:]]
+        mean = {
+            k: float(np.mean([getattr(t, k) for t in timings]))
+            for k in ("audio_ms", "denoise_ms", "kv_ms", "decode_ms", "total_ms")
+        }
+        return {
+            "fps_total": frames / seconds,
+            "fps_per_stream": frames / seconds / len(states),
+            "block_ms_mean": mean["total_ms"],
+            "block_ms_p95": float(np.percentile([t.total_ms for t in timings], 95)),
+            "components_ms": mean,
+            "rss_mb": _rss_mb(),
+        }
+
+    result = measure(args.blocks)
+    flops = transformer_flops_per_block(pipe, states[0])
+    g_seconds = (result["components_ms"]["denoise_ms"] + result["components_ms"]["kv_ms"]) / 1e3
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    peak = args.peak_tflops or next((v for k, v in KNOWN_PEAK_TFLOPS.items() if k in name), None)
+    report = {
+        "model": args.model,
+        "device": name,
+        "device_kind": args.device,
+        "threads": torch.get_num_threads(),
+        "dtype": args.dtype,
+        "resolution": res,
+        "steps": args.steps,
+        "guidance": guidance,
+        "cfg_rows": states[0].num_branches,
+        "block_size": states[0].block_size,
+        "frames_per_block": block_frames,
+        "streams": args.streams,
+        "first_block_latency_ms": float(np.mean(first_latency)),
+        **result,
+        "peak_memory_mb": _peak_memory_mb(args.device),
+        "g_tflop_per_block": flops / 1e12,
+        "g_tflops_achieved": flops / g_seconds / 1e12 if g_seconds else None,
+        "mfu": flops / g_seconds / (peak * 1e12) if peak and g_seconds else None,
+        "realtime": result["fps_per_stream"] >= FPS,
+    }
+    if args.minutes > 0:
+        total_blocks = int(args.minutes * 60 * FPS / block_frames)
+        start = time.perf_counter()
+        measure(max(0, total_blocks - 2 * args.blocks))
+        late = measure(args.blocks)
+        report["long_stream"] = {
+            "minutes_of_video": args.minutes,
+            "wall_s": time.perf_counter() - start,
+            "late": late,
+            "block_ms_ratio_late_vs_early": late["block_ms_mean"] / result["block_ms_mean"],
+            "rss_ratio_late_vs_early": late["rss_mb"] / result["rss_mb"],
+        }
+    return report
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    report = run_benchmark(args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_cli_arguments(parser)
+    sys.exit(cli_main(parser.parse_args()))
