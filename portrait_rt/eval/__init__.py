@@ -1,0 +1,24 @@
+"""Offline metrics (no downloaded weights): mouth opening, lip-sync, PSNR/SSIM per reference count, drift."""
+
+from .metrics import (
+    background_drift,
+    lipsync_score,
+    mouth_opening,
+    pearson,
+    reconstruction_by_references,
+    reconstruction_metrics,
+)
+from .report import evaluate_video, plot_report, validate_metrics, write_report
+
+__all__ = [
+    "background_drift",
+    "evaluate_video",
+    "lipsync_score",
+    "mouth_opening",
+    "pearson",
+    "plot_report",
+    "reconstruction_by_references",
+    "reconstruction_metrics",
+    "validate_metrics",
+    "write_report",
+]
