@@ -633,9 +633,18 @@ def identity_seed_for(seed: int, split: str) -> int:
     return seed if split == "train" else EVAL_IDENTITY_OFFSET + seed
 
 
+def _speech_rng(seed: int, split: str) -> np.random.Generator:
+    return np.random.default_rng([seed, 0 if split == "train" else 1, 2])
+
+
+def clip_speech_spec(seed: int, split: str = "train") -> SpeechSpec:
+    """The voice, prosody and text of clip `seed` (without running espeak-ng)."""
+    return sample_speech_spec(_speech_rng(seed, split), split)
+
+
 def clip_speech(seed: int, split: str = "train", duration: float | None = None) -> tuple[SpeechSpec, np.ndarray]:
     """The speech spec and audio (16 kHz, len = T * 640) of clip `seed`; long durations chain phrases."""
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1, 2])
+    rng = _speech_rng(seed, split)
     spec = sample_speech_spec(rng, split)
     audio = synthesize_speech(spec)
     target = None if duration is None else round(duration * FPS) * SAMPLES_PER_FRAME
