@@ -30,6 +30,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead: validate the metrics on N ground-truth synthetic clips (prints JSON)",
     )
     parser.add_argument("--resolution", type=int, default=128, help="resolution for --validate")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per clip for --validate")
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -38,7 +39,7 @@ def cli_main(args: argparse.Namespace) -> int:
     from .report import evaluate_video, validate_metrics, write_report
 
     if args.validate:
-        print(json.dumps(validate_metrics(args.validate, args.resolution), indent=1))
+        print(json.dumps(validate_metrics(args.validate, args.resolution, args.duration), indent=1))
         return 0
     if not args.video:
         raise ValueError("give --video PATH to evaluate (or --validate N to validate the metrics)")
