@@ -10,7 +10,53 @@ from __future__ import annotations
 import copy
 
 # CausalVideoVAE configs (portrait_rt/models/vae.py).
-VAE_PRESETS: dict[str, dict] = {}
+VAE_PRESETS: dict[str, dict] = {
+    # Paper sizes (§4.1, supplementary): 8 ResBlocks in E1 (2 per stage), E2 = 2 x (ResBlock + down), C_f = 1024,
+    # Dref 6 x 16 heads x 64. Widths fitted to encoder 497M / decoder 406M (measured: 496.3M / 416.8M).
+    "paper": {
+        "resolution": 512,
+        "block_out_channels": [128, 256, 512, 1024],
+        "feature_channels": 1024,
+        "latent_block_out_channels": [2048, 2048],
+        "layers_per_block": 2,
+        "latent_layers_per_block": 1,
+        "decoder_block_out_channels": [128, 256, 512, 512],
+        "decoder_latent_block_out_channels": [512, 256],
+        "decoder_layers_per_block": 2,
+        "ref_num_layers": 6,
+        "ref_num_attention_heads": 16,
+        "ref_attention_head_dim": 64,
+    },
+    # CPU demo at 128²: narrow full-resolution stages and no ResBlocks there (decode speed), the width and the
+    # ResBlocks at H/4..H/16 where they are cheap.
+    "demo": {
+        "resolution": 128,
+        "block_out_channels": [16, 32, 64, 128],
+        "feature_channels": 128,
+        "latent_block_out_channels": [128, 128],
+        "layers_per_block": [0, 1, 1, 1],
+        "latent_layers_per_block": 1,
+        "decoder_block_out_channels": [16, 32, 64, 128],
+        "decoder_latent_block_out_channels": [128, 128],
+        "decoder_layers_per_block": [0, 0, 1, 1],
+        "ref_num_layers": 2,
+        "ref_num_attention_heads": 4,
+        "ref_attention_head_dim": 32,
+    },
+    # Tests: 64², a few thousand parameters per stage.
+    "tiny": {
+        "resolution": 64,
+        "block_out_channels": [8, 8, 16, 16],
+        "feature_channels": 16,
+        "latent_block_out_channels": [16, 16],
+        "layers_per_block": [0, 1, 0, 1],
+        "latent_layers_per_block": 0,
+        "decoder_layers_per_block": [0, 1, 0, 1],
+        "ref_num_layers": 1,
+        "ref_num_attention_heads": 2,
+        "ref_attention_head_dim": 8,
+    },
+}
 
 # FlowDiT configs (portrait_rt/models/transformer.py).
 TRANSFORMER_PRESETS: dict[str, dict] = {
