@@ -1,0 +1,263 @@
+"""portrait-rt Space: talk into the microphone (or upload speech) and a portrait talks back, streamed as it is made.
+
+    python app.py [--model PATH_OR_HUB_ID] [--port 7860] [--host 127.0.0.1]
+
+Widgets and event wiring only: the pipeline (`portrait_rt.pipeline`) generates, `portrait_rt.app_support` holds the
+rest (model choice, input checks, live segments, readouts, the lip-sync plot).
+
+Live mode: the microphone's `.stream` event only queues chunks in the tab's `LiveSession` (`gr.State`); the live
+generator, started by `.start_recording`, turns them into video segments for a streaming `gr.Video`, and
+`.stop_recording` asks it to finish (the tail block is flushed, not lost). One stream per tab: starting a second
+one while the first is still running shows a warning and that recording is ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import spaces
+
+from portrait_rt.app_support import (
+    LiveSession,
+    LiveStream,
+    ModelChoice,
+    about_markdown,
+    block_size_choices,
+    choose_model,
+    collect_references,
+    lipsync_plot,
+    load_model,
+    make_generator,
+    require_audio,
+    run_live,
+    speed_readout,
+    user_errors,
+)
+from portrait_rt.video import write_video
+
+HERE = Path(__file__).parent
+EXAMPLES = HERE / "assets" / "examples"
+LIVE_TIME_LIMIT_S = 120  # one live stream's maximum length
+STREAM_EVERY_S = 0.25  # microphone chunk period
+MAX_LIVE_STREAMS = int(os.environ.get("PORTRAIT_RT_LIVE_STREAMS", "2"))  # concurrent live streams (all users)
+
+PIPE = None  # the pipeline, loaded once in main(); per-user state lives in gr.State, never here
+
+
+# ---------------------------------------------------------------------------------------------- GPU entry points
+def _generate(refs, audio, guidance_audio, guidance_reference, steps, seed, block_size, name: str):
+    """One offline generation -> (mp4 path, pipeline output)."""
+    with user_errors():
+        out = PIPE(
+            reference_images=collect_references(*refs),
+            audio=require_audio(audio),
+            guidance_audio=float(guidance_audio),
+            guidance_reference=float(guidance_reference),
+            num_inference_steps=int(steps),
+            generator=make_generator(seed),
+            block_size=int(block_size),
+        )
+    path = Path(tempfile.mkdtemp(prefix="portrait-rt-")) / f"{name}.mp4"
+    return write_video(path, out.frames, out.audio, out.sample_rate), out
+
+
+@spaces.GPU(duration=120)
+def generate(ref1, ref2, ref3, audio, la, lr, steps, seed, block_size, progress=gr.Progress(track_tqdm=True)):
+    """File mode: the whole clip -> an mp4 with the audio, the lip-sync plot and a speed readout."""
+    path, out = _generate((ref1, ref2, ref3), audio, la, lr, steps, seed, block_size, "portrait-rt")
+    plot, sync = lipsync_plot(out.frames, out.audio, path.parent)
+    return str(path), plot and str(plot), f"{speed_readout(out.timings, len(out.frames))}\n\n{sync}"
+
+
+@spaces.GPU(duration=240)
+def compare(ref1, ref2, ref3, audio, la_a, lr_a, la_b, lr_b, steps, seed, block_size, progress=gr.Progress()):
+    """The same references, audio and seed at two guidance settings, side by side."""
+    progress(0.0, desc="Setting A")
+    path_a, _ = _generate((ref1, ref2, ref3), audio, la_a, lr_a, steps, seed, block_size, "setting-a")
+    progress(0.5, desc="Setting B")
+    path_b, _ = _generate((ref1, ref2, ref3), audio, la_b, lr_b, steps, seed, block_size, "setting-b")
+    return str(path_a), str(path_b)
+
+
+@spaces.GPU(duration=LIVE_TIME_LIMIT_S + 30)
+def live(ref1, ref2, ref3, la, lr, steps, seed, block_size, session: LiveSession):
+    """Live mode: microphone chunks from `session` -> streamed video segments (with their audio) + readout."""
+    if not session.begin():
+        gr.Warning("A live stream is already running in this tab; wait for it to finish, then record again.")
+        yield gr.skip(), gr.skip()
+        return
+    out_dir = tempfile.mkdtemp(prefix="portrait-rt-live-")
+    try:
+        with user_errors():
+            state = PIPE.start_stream(
+                collect_references(ref1, ref2, ref3),
+                guidance_audio=float(la),
+                guidance_reference=float(lr),
+                num_inference_steps=int(steps),
+                generator=make_generator(seed),
+                block_size=int(block_size),
+            )
+        yield gr.skip(), "Listening… the first video segment comes after about a second of audio."
+        for segment, readout in run_live(LiveStream(PIPE, state, out_dir), session):
+            yield str(segment), readout
+    finally:
+        session.end()
+        shutil.rmtree(out_dir, ignore_errors=True)  # Gradio has copied each segment once it was yielded
+
+
+def live_ingest(chunk, session: LiveSession) -> None:
+    """Microphone chunk -> the tab's queue (cheap; the live generator does the work)."""
+    session.push(chunk)
+
+
+def live_stop(session: LiveSession) -> None:
+    session.stop()
+
+
+# ---------------------------------------------------------------------------------------------- UI
+def build_demo(choice: ModelChoice) -> gr.Blocks:
+    """The Blocks UI around the loaded pipeline `PIPE`."""
+    blocks = block_size_choices(PIPE)
+    default_block = int(PIPE.transformer.config.block_size)
+    with gr.Blocks(title="portrait-rt") as demo:
+        gr.Markdown(
+            "# portrait-rt: real-time talking portraits\n"
+            "Give 1-3 portraits of one face, then talk (**Live**) or upload speech (**File**). The video is made "
+            "block by block (a causal VAE and a blockwise-autoregressive diffusion transformer), so it streams."
+        )
+        with gr.Row():
+            with gr.Column(scale=3):
+                with gr.Row():
+                    ref1 = gr.Image(label="Reference 1 (required)", type="filepath", sources=["upload"], height=220)
+                    ref2 = gr.Image(label="Reference 2 (optional)", type="filepath", sources=["upload"], height=220)
+                    ref3 = gr.Image(label="Reference 3 (optional)", type="filepath", sources=["upload"], height=220)
+            with gr.Column(scale=2):
+                la = gr.Slider(
+                    1,
+                    4,
+                    value=2,
+                    step=0.1,
+                    label="Audio guidance λa",
+                    info="Higher: the mouth follows the speech more closely (lip sync).",
+                )
+                lr = gr.Slider(
+                    1,
+                    4,
+                    value=2,
+                    step=0.1,
+                    label="Reference guidance λr",
+                    info="Higher: face and background stay closer to the references (stability).",
+                )
+                with gr.Row():
+                    steps = gr.Slider(1, 50, value=12, step=1, label="Denoising steps", info="12 in the paper")
+                    seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+                block_size = gr.Radio(
+                    blocks,
+                    value=default_block,
+                    label="Block size (latent frames)",
+                    info="Smaller: lower latency. Larger: higher throughput. 1 = 4 video frames.",
+                )
+        settings = [la, lr, steps, seed, block_size]
+
+        with gr.Tabs():
+            with gr.Tab("Live", id="live"):
+                session = gr.State(LiveSession())
+                with gr.Row():
+                    mic = gr.Audio(sources=["microphone"], streaming=True, type="numpy", label="Microphone")
+                    live_video = gr.Video(label="Live video", streaming=True, autoplay=True, elem_id="live-video")
+                live_readout = gr.Markdown("Press record and talk.", elem_id="live-readout")
+            with gr.Tab("File", id="file"):
+                with gr.Row():
+                    with gr.Column():
+                        file_audio = gr.Audio(sources=["upload"], type="filepath", label="Speech audio")
+                        generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                    file_video = gr.Video(label="Generated video", elem_id="file-video", buttons=["download"])
+                file_plot = gr.Image(label="Lip sync (eval tools)", type="filepath", elem_id="lipsync")
+                file_readout = gr.Markdown(elem_id="file-readout")
+                gr.Examples(
+                    [[str(EXAMPLES / f"portrait_{c}.png"), str(EXAMPLES / f"speech_{c}.wav")] for c in "abc"],
+                    inputs=[ref1, file_audio],
+                    cache_examples=False,
+                )
+            with gr.Tab("Compare", id="compare"):
+                gr.Markdown("The same references, audio and seed at two guidance settings, side by side.")
+                with gr.Row():
+                    cmp_audio = gr.Audio(sources=["upload"], type="filepath", label="Speech audio")
+                    with gr.Column():
+                        la_a = gr.Slider(1, 4, value=1, step=0.1, label="A: audio guidance λa")
+                        lr_a = gr.Slider(1, 4, value=1, step=0.1, label="A: reference guidance λr")
+                    with gr.Column():
+                        la_b = gr.Slider(1, 4, value=3, step=0.1, label="B: audio guidance λa")
+                        lr_b = gr.Slider(1, 4, value=3, step=0.1, label="B: reference guidance λr")
+                compare_btn = gr.Button("Compare", variant="primary", elem_id="compare")
+                with gr.Row():
+                    video_a = gr.Video(label="Setting A", elem_id="video-a")
+                    video_b = gr.Video(label="Setting B", elem_id="video-b")
+
+        with gr.Accordion("About this model", open=choice.notice is not None):
+            gr.Markdown(about_markdown(choice, PIPE), elem_id="about")
+
+        # Events. Live streams share one concurrency limit, offline jobs another, so neither starves the other.
+        refs = [ref1, ref2, ref3]
+        # The live generator hangs off `.then`, not off the microphone itself: Gradio's frontend ends every event
+        # whose trigger is the microphone when its stream closes, which would drop the stream's last segments.
+        mic.start_recording(None, None, None, queue=False).then(
+            live,
+            refs + settings + [session],
+            [live_video, live_readout],
+            concurrency_limit=MAX_LIVE_STREAMS,
+            concurrency_id="live",
+        )
+        mic.stream(
+            live_ingest,
+            [mic, session],
+            None,
+            stream_every=STREAM_EVERY_S,
+            time_limit=LIVE_TIME_LIMIT_S,
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
+        mic.stop_recording(live_stop, [session], None, queue=False)
+        generate_btn.click(
+            generate,
+            refs + [file_audio] + settings,
+            [file_video, file_plot, file_readout],
+            concurrency_limit=1,
+            concurrency_id="offline",
+        )
+        compare_btn.click(
+            compare,
+            refs + [cmp_audio, la_a, lr_a, la_b, lr_b, steps, seed, block_size],
+            [video_a, video_b],
+            concurrency_id="offline",
+        )
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="pipeline folder, Hub id or preset:NAME "
+        "(default: $PORTRAIT_RT_MODEL, else assets/portrait-rt-demo, else preset:tiny)",
+    )
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    args = parser.parse_args(argv)
+
+    global PIPE
+    choice = choose_model(args.model, HERE / "assets" / "portrait-rt-demo")
+    PIPE = load_model(choice)
+    demo = build_demo(choice)
+    demo.queue(default_concurrency_limit=1, max_size=32)
+    demo.launch(server_name=args.host, server_port=args.port, show_error=True)
+
+
+if __name__ == "__main__":
+    main()
