@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from conftest import perturb_
 
 from portrait_rt.constants import FPS
 from portrait_rt.models.audio_encoder import AudioEncoder
 from portrait_rt.presets import AUDIO_ENCODER_PRESETS
+
+from .conftest import perturb_
 
 CFG = AUDIO_ENCODER_PRESETS["tiny"]
 RATES = {16000: {}, 8000: {"n_fft": 200, "hop_length": 80}}  # the model rate, and a second one

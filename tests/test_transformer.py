@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from conftest import perturb_
 
 from portrait_rt.constants import video_frames_for_latents
 from portrait_rt.models.transformer import FlowDiT
 from portrait_rt.presets import TRANSFORMER_PRESETS
+
+from .conftest import perturb_
 
 CFG = TRANSFORMER_PRESETS["tiny"]
 K = CFG["block_size"]  # 2
