@@ -1,0 +1,276 @@
+"""Fast tests of the Space's non-UI logic: model choice, input checks, live segments, the live loop, readouts."""
+
+import json
+import subprocess
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from portrait_rt.app_support import (
+    FALLBACK_MODEL,
+    LiveSession,
+    LiveStream,
+    ModelChoice,
+    about_markdown,
+    block_size_choices,
+    choose_model,
+    collect_references,
+    lipsync_plot,
+    make_generator,
+    require_audio,
+    run_live,
+    speed_readout,
+    user_errors,
+)
+from portrait_rt.audio import AudioStreamBuffer
+from portrait_rt.constants import FPS, SAMPLES_PER_FRAME
+from portrait_rt.streaming import BlockTiming
+from portrait_rt.video import read_video
+
+from .conftest import speech_like
+
+
+# ---------------------------------------------------------------------------------------------- a stand-in pipeline
+class FakePipe:
+    """The pipeline's streaming contract (blocks of 5 then 8 frames, flush pads and trims) without a model.
+
+    Frame i is a flat grey of brightness 8 * (i % 30) + 10, so order and continuity survive h.264.
+    """
+
+    def start_stream(self):
+        return SimpleNamespace(buf=AudioStreamBuffer(), frames_out=0, timings=[], finished=False)
+
+    def _block(self, state, n):
+        i = np.arange(state.frames_out, state.frames_out + n)
+        frames = np.broadcast_to((8 * (i % 30) + 10).astype(np.uint8)[:, None, None, None], (n, 32, 32, 3)).copy()
+        state.timings.append(BlockTiming(len(state.timings), n, denoise_ms=10.0, latency_ms=12.0))
+        state.frames_out += n
+        return frames
+
+    def _size(self, state):
+        return 5 if state.frames_out == 0 else 8
+
+    def feed(self, state, samples, rate):
+        state.buf.push(samples, rate)
+        while state.buf.pop(self._size(state) * SAMPLES_PER_FRAME) is not None:
+            yield self._block(state, self._size(state))
+
+    def flush(self, state):
+        state.buf.close()
+        total = -(-state.buf.total_samples // SAMPLES_PER_FRAME)
+        while state.frames_out < total:
+            n = self._size(state)
+            yield self._block(state, n)[: total - (state.frames_out - n)]
+
+
+def _chunks(x, rate, seed=0):
+    rng = np.random.default_rng(seed)
+    i = 0
+    while i < x.size:
+        n = int(rng.integers(rate // 100, rate // 2))
+        yield x[i : i + n], rate
+        i += n
+
+
+def _ffprobe(path):
+    """{codec name: stream info} of a media file, frames counted."""
+    cmd = ["ffprobe", "-v", "error", "-count_frames", "-print_format", "json", "-show_streams", str(path)]
+    return {
+        s["codec_name"]: s for s in json.loads(subprocess.run(cmd, capture_output=True, check=True).stdout)["streams"]
+    }
+
+
+# ---------------------------------------------------------------------------------------------- model choice
+def test_choose_model_order(monkeypatch, tmp_path):
+    monkeypatch.delenv("PORTRAIT_RT_MODEL", raising=False)
+    missing = tmp_path / "nope"
+    fallback = choose_model(None, missing)
+    assert fallback.model == FALLBACK_MODEL and fallback.is_random and "--model" in fallback.notice
+    assert choose_model(None, tmp_path) == ModelChoice(str(tmp_path))  # the bundled folder, when it exists
+    monkeypatch.setenv("PORTRAIT_RT_MODEL", "preset:demo")
+    assert choose_model(None, tmp_path).model == "preset:demo"  # the environment beats the default
+    assert choose_model("some/hub-id", tmp_path) == ModelChoice("some/hub-id")  # --model beats both
+
+
+def _stub_pipe(kv_window=8, block_size=2):
+    linear = torch.nn.Linear(2, 3)
+    transformer = SimpleNamespace(
+        config=SimpleNamespace(kv_window=kv_window, block_size=block_size), dtype=torch.float32
+    )
+    transformer.parameters = linear.parameters
+    return SimpleNamespace(vae=linear, audio_encoder=linear, transformer=transformer, resolution=64, device="cpu")
+
+
+def test_block_size_choices_follow_the_kv_window():
+    assert block_size_choices(_stub_pipe(kv_window=8)) == [1, 2, 4]
+    assert block_size_choices(_stub_pipe(kv_window=6)) == [1, 2, 3]
+    assert block_size_choices(_stub_pipe(kv_window=32)) == [1, 2, 4]
+
+
+def test_about_panel_says_what_is_loaded_and_how_to_change_it(tmp_path):
+    text = about_markdown(choose_model(None, tmp_path / "missing"), _stub_pipe())
+    assert "preset:tiny" in text and "not there" in text and "--model" in text and "PORTRAIT_RT_MODEL" in text
+    assert "real photos" in text  # what it cannot do
+    trained = about_markdown(ModelChoice("assets/portrait-rt-demo"), _stub_pipe())
+    assert "⚠️" not in trained and "synthetic" in trained
+
+
+# ---------------------------------------------------------------------------------------------- input checks
+def test_collect_references():
+    assert collect_references("a.png", None, "b.png") == ["a.png", "b.png"]
+    with pytest.raises(ValueError, match="Reference 1"):
+        collect_references(None, None, None)
+    with pytest.raises(ValueError, match="1 to 3"):
+        collect_references("a", "b", "c", "d")
+
+
+def test_seed_and_audio_checks():
+    a, b = make_generator(7), make_generator(7.0)
+    assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
+    for bad in (None, -1, 1.5, 2**31):
+        with pytest.raises(ValueError, match="Seed"):
+            make_generator(bad)
+    assert require_audio("x.wav") == "x.wav"
+    with pytest.raises(ValueError, match="Upload a speech"):
+        require_audio(None)
+
+
+def test_user_errors_become_gradio_errors():
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="use 1 to 3"):
+        with user_errors():
+            raise ValueError("Got 4 reference images; use 1 to 3.")
+    with pytest.raises(KeyError):  # only the library's input errors are the user's to fix
+        with user_errors():
+            raise KeyError("bug")
+
+
+def test_speed_readout():
+    timings = [BlockTiming(0, 13, denoise_ms=100, latency_ms=120), BlockTiming(1, 16, denoise_ms=100, latency_ms=80)]
+    text = speed_readout(timings, frames=25, lag_s=0.4)
+    assert "25 frames (1.0 s) in 2 blocks" in text
+    assert "125.0 FPS" in text and "last 80 ms" in text and "mean 100 ms" in text and "max 120 ms" in text
+    assert "0.4 s behind" in text
+    assert speed_readout([]) == "No block finished yet."
+
+
+# ---------------------------------------------------------------------------------------------- live segments
+def test_live_stream_segments_carry_their_audio_and_continue(tmp_path):
+    pipe = FakePipe()
+    x = speech_like(2.5, 48000)
+    live = LiveStream(pipe, pipe.start_stream(), tmp_path)
+    segments = []
+    for samples, rate in _chunks((x * 32767).astype(np.int16), 48000):  # the microphone's int16 at 48 kHz
+        segments += live.feed(samples, rate)
+    assert len(segments) >= 2  # segments leave while audio still comes in
+    segments += live.flush()
+    total = -(-round(x.size / 3) // SAMPLES_PER_FRAME)  # 48 kHz -> 16 kHz, in frames (ceil)
+    assert live.frames_written == total == 63
+
+    starts, frames, audio = [], [], []
+    for path in segments:
+        info = _ffprobe(path)
+        assert set(info) == {"h264", "aac"}
+        starts.append(float(info["h264"]["start_time"]))
+        f, a, _ = read_video(path, fps=FPS)  # fps: MPEG-TS timestamps otherwise decode at 50 fps (doubled frames)
+        frames.append(f[: int(info["h264"]["nb_read_frames"])])
+        lead = float(info["h264"]["start_time"]) - float(info["aac"]["start_time"])  # the AAC encoder's priming
+        audio.append(a[round(lead * 16000) :][: len(frames[-1]) * SAMPLES_PER_FRAME])
+    sizes = [len(f) for f in frames]
+    assert all(n >= 25 for n in sizes[:-1]) and sum(sizes) == total  # >= 1 s each but the tail; nothing lost
+    # Continuous timestamps: each segment starts where the previous ones end.
+    expected = np.cumsum([0] + sizes[:-1]) / FPS
+    assert np.allclose(np.array(starts) - starts[0], expected, atol=0.05)
+    # Frames in order (brightness encodes the frame index).
+    brightness = np.concatenate(frames).mean(axis=(1, 2, 3))
+    assert np.allclose(brightness, 8 * (np.arange(total) % 30) + 10, atol=3)
+    # Each segment's audio is the model-rate audio that drove its frames (AAC is lossy: compare envelopes).
+    model_rate = AudioStreamBuffer()
+    model_rate.push(x, 48000)
+    model_rate.close()
+    reference = model_rate.pop(model_rate.available)
+    got = np.concatenate([np.pad(a, (0, n * SAMPLES_PER_FRAME - a.size)) for a, n in zip(audio, sizes)])
+
+    def envelope(a):
+        a = np.pad(a, (0, total * SAMPLES_PER_FRAME - a.size))[: total * SAMPLES_PER_FRAME]
+        return np.sqrt(np.mean(a.reshape(total, -1) ** 2, axis=1))
+
+    assert np.corrcoef(envelope(got), envelope(reference))[0, 1] > 0.95
+
+
+def test_live_stream_on_the_real_pipeline_matches_offline(tiny_pipe, portraits, tmp_path):
+    x = speech_like(1.3, 44100)
+    state = tiny_pipe.start_stream(portraits[:1], num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+    live = LiveStream(tiny_pipe, state, tmp_path)
+    for samples, rate in _chunks(x, 44100, seed=1):
+        live.feed(samples, rate)
+    live.flush()
+    offline = tiny_pipe(portraits[:1], (x, 44100), num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+    assert live.frames_written == len(offline.frames) == 33
+    counts = [int(_ffprobe(p)["h264"]["nb_read_frames"]) for p in live.segments]
+    streamed = np.concatenate([read_video(p, fps=FPS)[0][:n] for p, n in zip(live.segments, counts)])
+    assert streamed.shape == offline.frames.shape
+    # The same frames through h.264: far closer to their own offline twins than to the other frames.
+    err = np.abs(streamed[:, None].astype(np.float32) - offline.frames[None].astype(np.float32)).mean(axis=(2, 3, 4))
+    assert (err.argmin(axis=1) == np.arange(len(err))).mean() > 0.9
+    assert "33 frames" in live.readout()
+
+
+# ---------------------------------------------------------------------------------------------- the live loop
+def test_live_session_refuses_a_second_stream():
+    s = LiveSession()
+    assert s.begin()
+    s.push((48000, np.ones(480, np.int16)))
+    s.push(None)
+    s.push((48000, np.zeros(0, np.int16)))
+    assert len(s.chunks) == 1
+    assert not s.begin()  # a second start while running: refused, and its audio is dropped
+    s.push((48000, np.ones(480, np.int16)))
+    assert len(s.chunks) == 1
+    s.stop()  # ends the refused recording, not the running stream
+    assert s.running and not s.stop_requested and not s.ignoring
+    s.stop()
+    assert s.stop_requested
+    s.end()
+    assert not s.running and not s.chunks and s.begin()
+
+
+def test_run_live_flushes_the_tail_after_stop(tmp_path):
+    pipe, session = FakePipe(), LiveSession()
+    assert session.begin()
+    x = (speech_like(1.7, 16000) * 32767).astype(np.int16)
+    for samples, rate in _chunks(x, 16000):
+        session.push((rate, samples))
+    session.stop()  # stopped mid-block: 1.7 s is 42.5 frames
+    live = LiveStream(pipe, pipe.start_stream(), tmp_path)
+    out = list(run_live(live, session, poll_s=0.001, grace_s=0.01))
+    assert live.frames_written == 43  # the tail block was flushed (padded, then trimmed to the audio)
+    assert [p for p, _ in out] == live.segments and "43 frames" in out[-1][1]
+    assert not session.running  # ready for the next recording
+
+
+def test_run_live_ends_when_the_microphone_goes_quiet(tmp_path):
+    pipe, session = FakePipe(), LiveSession()
+    session.begin()
+    session.push((16000, np.ones(16000, np.int16)))
+    live = LiveStream(pipe, pipe.start_stream(), tmp_path)
+    start = time.monotonic()
+    out = list(run_live(live, session, poll_s=0.001, idle_timeout_s=0.2))  # no stop event ever comes
+    assert time.monotonic() - start < 5 and live.frames_written == 25 and len(out) == 1
+
+
+# ---------------------------------------------------------------------------------------------- file mode
+def test_lipsync_plot(tmp_path):
+    from portrait_rt.data.synthetic import render_clip
+
+    clip = render_clip(0, resolution=64, duration=2.0)
+    path, summary = lipsync_plot(clip.frames, clip.audio, tmp_path)
+    assert path.is_file() and path.suffix == ".png" and "Lip sync r = " in summary
+    r = float(summary.split("r = ")[1].split()[0])
+    assert r > 0.8  # ground-truth renders are in sync
+    none, why = lipsync_plot(clip.frames[:10], clip.audio[: 10 * SAMPLES_PER_FRAME], tmp_path)
+    assert none is None and "not measured" in why
