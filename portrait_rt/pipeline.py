@@ -94,12 +94,14 @@ class PortraitRTPipeline(DiffusionPipeline):
         """
         cfg = get_preset(name)
         scheduler = FlowMatchEulerDiscreteScheduler(shift=cfg["pipeline"]["shift"], **scheduler_kwargs)
-        return cls(
-            vae=CausalVideoVAE(**cfg["vae"]),
-            transformer=FlowDiT(**cfg["transformer"]),
-            audio_encoder=AudioEncoder(**cfg["audio_encoder"]),
-            scheduler=scheduler,
-        )
+        components = {
+            "vae": CausalVideoVAE(**cfg["vae"]),
+            "transformer": FlowDiT(**cfg["transformer"]),
+            "audio_encoder": AudioEncoder(**cfg["audio_encoder"]),
+        }
+        for module in components.values():
+            module.eval()  # as from_pretrained leaves them
+        return cls(scheduler=scheduler, **components)
 
     @property
     def resolution(self) -> int:
@@ -250,27 +252,34 @@ class PortraitRTPipeline(DiffusionPipeline):
         yield from self.flush(state)
 
     # ------------------------------------------------------------------ one block (Algorithm 2, steps 2-4)
-    def _encode_available_audio(self, state: StreamState, final: bool) -> None:
-        # Fixed one-frame pieces: the encoder sees the same calls whatever the microphone's chunking was.
-        while (piece := state.audio_buffer.pop(SAMPLES_PER_FRAME)) is not None:
-            x = torch.from_numpy(piece).to(self._execution_device, self.audio_encoder.dtype)[None]
-            feats, state.audio_state = self.audio_encoder.encode_chunk(x, state.audio_state, final=False)
-            state.audio_features.extend(feats[0].unbind(0))
-        if final:
-            empty = torch.zeros(1, 0, device=self._execution_device, dtype=self.audio_encoder.dtype)
-            feats, state.audio_state = self.audio_encoder.encode_chunk(empty, state.audio_state, final=True)
-            state.audio_features.extend(feats[0].unbind(0))
+    def _encode_audio(self, state: StreamState, samples: np.ndarray, final: bool = False) -> float:
+        """Run the audio encoder on model-rate `samples`; queue the per-frame features; return milliseconds."""
+        start = time.perf_counter()
+        x = torch.from_numpy(samples).to(self._execution_device, self.audio_encoder.dtype)[None]
+        feats, state.audio_state = self.audio_encoder.encode_chunk(x, state.audio_state, final=final)
+        state.audio_features.extend(feats[0].unbind(0))
+        state.audio_frames_in += samples.size // SAMPLES_PER_FRAME
+        return (time.perf_counter() - start) * 1e3
 
     def _run_ready_blocks(self, state: StreamState, final: bool) -> Iterator[np.ndarray]:
-        t0 = time.perf_counter()
-        self._encode_available_audio(state, final)
-        audio_ms = (time.perf_counter() - t0) * 1e3
-        while len(state.audio_features) >= state.block_video_frames():
+        # The encoder gets block-aligned pieces (a block's frames plus its look-ahead), never the microphone's own
+        # chunks: it then sees the same calls whatever the chunking, so stream() == __call__ bit for bit.
+        lookahead = int(self.audio_encoder.config.lookahead_frames)
+        while True:
+            block_end = state.frames_out + state.block_video_frames()
+            need = (block_end + lookahead - state.audio_frames_in) * SAMPLES_PER_FRAME
+            audio_ms = 0.0
+            if len(state.audio_features) < state.block_video_frames():
+                piece = state.audio_buffer.pop(need, partial=final)
+                if piece is None:
+                    return
+                audio_ms = self._encode_audio(state, piece, final=final and state.audio_buffer.available == 0)
+            if len(state.audio_features) < state.block_video_frames():
+                return
             n = state.block_video_frames()
             feats = torch.stack(state.audio_features[:n])[None]  # (1, n, D)
             del state.audio_features[:n]
             yield self._generate_block(state, feats, audio_ms)
-            audio_ms = 0.0
 
     def _generate_block(self, state: StreamState, audio_features: torch.Tensor, audio_ms: float) -> np.ndarray:
         start = time.perf_counter()

@@ -51,7 +51,8 @@ class StreamState:
     scheduler: Any  # this stream's own copy of the pipeline scheduler (step state is per stream)
     audio_buffer: AudioStreamBuffer = field(default_factory=AudioStreamBuffer)
     audio_state: Any = None  # the audio encoder's streaming state
-    audio_features: list[torch.Tensor] = field(default_factory=list)  # per-frame features not yet used: (1, D) each
+    audio_features: list[torch.Tensor] = field(default_factory=list)  # per-frame features not yet used: (D,) each
+    audio_frames_in: int = 0  # video frames of audio given to the audio encoder so far
     decoder_cache: Any = None
     block_index: int = 0
     frames_out: int = 0
