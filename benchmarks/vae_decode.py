@@ -37,7 +37,9 @@ def main() -> None:
     config = {**VAE_PRESETS[args.preset], **json.loads(args.config)}
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
-    vae = CausalVideoVAE(**config).eval().to(dtype)
+    vae = CausalVideoVAE(**config).eval()
+    if dtype != torch.float32:
+        vae = vae.to(dtype)
     res = args.resolution or vae.config.resolution
     lat = res // SPATIAL_COMPRESSION
 
