@@ -17,6 +17,7 @@ Streaming, per block of k latent frames (16 video frames for k = 4; 13 for a str
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import time
 from collections.abc import Iterable, Iterator
@@ -35,7 +36,7 @@ from portrait_rt.models.audio_encoder import AudioEncoder
 from portrait_rt.models.transformer import FlowDiT
 from portrait_rt.models.vae import CausalVideoVAE
 from portrait_rt.presets import get_preset
-from portrait_rt.streaming import BlockTiming, StreamState
+from portrait_rt.streaming import BlockTiming, StreamGroup, StreamState
 
 MAX_GUIDANCE = 20.0
 MAX_STEPS = 1000
@@ -232,6 +233,47 @@ class PortraitRTPipeline(DiffusionPipeline):
                 yield frames[:keep]
         state.finished = True
 
+    @torch.no_grad()
+    def start_streams(self, reference_images: list, generators: list | None = None, **kwargs) -> StreamGroup:
+        """Start one stream per entry of `reference_images` (same settings, same number of references) as a group
+        whose blocks run batched: `feed_group` steps all streams' next blocks in one forward per denoising step.
+        """
+        generators = generators or [None] * len(reference_images)
+        states = [self.start_stream(refs, generator=g, **kwargs) for refs, g in zip(reference_images, generators)]
+        caches = [state.kv_cache for state in states]
+        if len({c.num_references for c in caches}) > 1:
+            raise ValueError("Streams batched in one group need the same number of reference images.")
+        rows = states[0].num_branches
+        group = dataclasses.replace(
+            caches[0], key=torch.cat([c.key for c in caches], dim=1), value=torch.cat([c.value for c in caches], dim=1)
+        )
+        for i, state in enumerate(states):  # each stream keeps a view of its own rows
+            rows_i = slice(i * rows, (i + 1) * rows)
+            state.kv_cache = dataclasses.replace(group, key=group.key[:, rows_i], value=group.value[:, rows_i])
+        return StreamGroup(states=states, kv_cache=group)
+
+    @torch.no_grad()
+    def feed_group(self, group: StreamGroup, chunks: list[tuple[np.ndarray, int] | None]) -> list[list[np.ndarray]]:
+        """Add one audio chunk per stream (None: nothing new) and run every block all streams can run, batched.
+
+        Returns the new frames per stream. End a group's streams with `flush(state)` on each.
+        """
+        for state, chunk in zip(group.states, chunks):
+            if chunk is not None:
+                state.audio_buffer.push(*chunk)
+        out: list[list[np.ndarray]] = [[] for _ in group.states]
+        while all(self._block_audio_ready(state, final=False) for state in group.states):
+            positions = {(s.kv_cache.num_frames, s.kv_cache.stream_start) for s in group.states}
+            if len(positions) > 1:
+                raise ValueError("Streams of a group drifted apart (one was advanced alone); feed them separately.")
+            group.kv_cache.num_frames, group.kv_cache.stream_start = positions.pop()
+            for frames, state_out in zip(self._generate_blocks(group.states, group.kv_cache), out):
+                state_out.append(frames)
+            for state in group.states:
+                state.kv_cache.num_frames = group.kv_cache.num_frames
+                state.kv_cache.stream_start = group.kv_cache.stream_start
+        return out
+
     def stream(
         self,
         reference_images,
@@ -261,69 +303,78 @@ class PortraitRTPipeline(DiffusionPipeline):
         state.audio_frames_in += samples.size // SAMPLES_PER_FRAME
         return (time.perf_counter() - start) * 1e3
 
-    def _run_ready_blocks(self, state: StreamState, final: bool) -> Iterator[np.ndarray]:
-        # The encoder gets block-aligned pieces (a block's frames plus its look-ahead), never the microphone's own
-        # chunks: it then sees the same calls whatever the chunking, so stream() == __call__ bit for bit.
-        lookahead = int(self.audio_encoder.config.lookahead_frames)
-        while True:
-            block_end = state.frames_out + state.block_video_frames()
-            need = (block_end + lookahead - state.audio_frames_in) * SAMPLES_PER_FRAME
-            audio_ms = 0.0
-            if len(state.audio_features) < state.block_video_frames():
-                piece = state.audio_buffer.pop(need, partial=final)
-                if piece is None:
-                    return
-                audio_ms = self._encode_audio(state, piece, final=final and state.audio_buffer.available == 0)
-            if len(state.audio_features) < state.block_video_frames():
-                return
-            n = state.block_video_frames()
-            feats = torch.stack(state.audio_features[:n])[None]  # (1, n, D)
-            del state.audio_features[:n]
-            yield self._generate_block(state, feats, audio_ms)
+    def _block_audio_ready(self, state: StreamState, final: bool) -> bool:
+        """Encode audio until the next block's features are queued; False if its audio has not arrived yet.
 
-    def _generate_block(self, state: StreamState, audio_features: torch.Tensor, audio_ms: float) -> np.ndarray:
+        The encoder gets block-aligned pieces (a block's frames plus its look-ahead), never the microphone's own
+        chunks: it then sees the same calls whatever the chunking, so stream() == __call__ bit for bit.
+        """
+        n = state.block_video_frames()
+        if len(state.audio_features) < n:
+            lookahead = int(self.audio_encoder.config.lookahead_frames)
+            need = (state.frames_out + n + lookahead - state.audio_frames_in) * SAMPLES_PER_FRAME
+            piece = state.audio_buffer.pop(need, partial=final)
+            if piece is None:
+                return False
+            state.pending_audio_ms += self._encode_audio(
+                state, piece, final=final and not state.audio_buffer.available
+            )
+        return len(state.audio_features) >= n
+
+    def _take_block_audio(self, state: StreamState) -> torch.Tensor:
+        n = state.block_video_frames()
+        feats = torch.stack(state.audio_features[:n])[None]  # (1, n, D)
+        del state.audio_features[:n]
+        return feats
+
+    def _run_ready_blocks(self, state: StreamState, final: bool) -> Iterator[np.ndarray]:
+        while self._block_audio_ready(state, final):
+            yield self._generate_blocks([state], state.kv_cache)[0]
+
+    def _generate_blocks(self, states: list[StreamState], cache) -> list[np.ndarray]:
+        """Algorithm 2 steps 2-4 for the next block of each stream, their CFG rows batched in one forward.
+
+        `cache` holds all the streams' rows in order (a single stream's own cache, or a `StreamGroup`'s).
+        """
         start = time.perf_counter()
-        dit, vae, rows = self.transformer, self.vae, state.num_branches
-        device, dtype = self._execution_device, dit.dtype
+        dit, vae, lead = self.transformer, self.vae, states[0]
+        rows, device, dtype = lead.num_branches, self._execution_device, dit.dtype
         h = w = self.resolution // SPATIAL_COMPRESSION
-        audio = audio_features.to(dtype).expand(rows, -1, -1)
-        timing = BlockTiming(block=state.block_index, frames=audio_features.shape[1], audio_ms=audio_ms)
+        audio = torch.cat([self._take_block_audio(s).to(device, dtype).expand(rows, -1, -1) for s in states])
+        drop_audio = torch.cat([s.drop_audio for s in states])
+        timings = [BlockTiming(s.block_index, audio.shape[1], audio_ms=s.pending_audio_ms) for s in states]
 
         # 2. Denoising: Euler steps of the rectified-flow ODE from noise (t = 1) to data (t = 0).
-        latents = randn_tensor(
-            (1, dit.config.in_channels, state.block_size, h, w), generator=state.generator, device=device, dtype=dtype
-        )
-        state.scheduler.set_timesteps(state.num_inference_steps, device=device)
-        for t in state.scheduler.timesteps:
-            v = dit.forward_cached(
-                state.kv_cache,
-                latents.expand(rows, -1, -1, -1, -1),
-                t.expand(rows).to(dtype),
-                audio,
-                drop_audio=state.drop_audio,
-            )
-            v = cfg_combine(v, state.guidance_audio, state.guidance_reference)
-            latents = state.scheduler.step(v, t, latents, return_dict=False)[0]
+        shape = (1, dit.config.in_channels, lead.block_size, h, w)
+        latents = torch.cat([randn_tensor(shape, generator=s.generator, device=device, dtype=dtype) for s in states])
+        lead.scheduler.set_timesteps(lead.num_inference_steps, device=device)
+        for t in lead.scheduler.timesteps:
+            x = latents.repeat_interleave(rows, dim=0)  # (streams * rows, C, k, h, w)
+            v = dit.forward_cached(cache, x, t.expand(x.shape[0]).to(dtype), audio, drop_audio=drop_audio)
+            v = torch.cat([cfg_combine(vs, lead.guidance_audio, lead.guidance_reference) for vs in v.split(rows)])
+            latents = lead.scheduler.step(v, t, latents, return_dict=False)[0]
         t1 = time.perf_counter()
-        timing.denoise_ms = (t1 - start) * 1e3
 
         # 3. The t = 0 pass on the clean block: the only pass that writes the KV cache.
-        dit.update_cache(state.kv_cache, latents.expand(rows, -1, -1, -1, -1), audio, drop_audio=state.drop_audio)
+        dit.update_cache(cache, latents.repeat_interleave(rows, dim=0), audio, drop_audio=drop_audio)
         t2 = time.perf_counter()
-        timing.kv_ms = (t2 - t1) * 1e3
 
-        # 4. Causal decoding with the reference features, carrying the decoder's caches across blocks.
+        # 4. Causal decoding with each stream's reference features, carrying its decoder caches across blocks.
         z = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        video, state.decoder_cache = vae.decode_chunk(z, state.ref_features, cache=state.decoder_cache)
-        frames = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, n, H, W)
-        frames = frames.permute(1, 2, 3, 0).cpu().numpy()  # (n, H, W, 3)
-        timing.decode_ms = (time.perf_counter() - t2) * 1e3
-        timing.latency_ms = timing.audio_ms + (time.perf_counter() - start) * 1e3
-
-        state.timings.append(timing)
-        state.block_index += 1
-        state.frames_out += frames.shape[0]
-        return frames
+        outputs = []
+        for i, (state, timing) in enumerate(zip(states, timings)):
+            t3 = time.perf_counter()
+            video, state.decoder_cache = vae.decode_chunk(z[i : i + 1], state.ref_features, cache=state.decoder_cache)
+            frames = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, n, H, W)
+            outputs.append(frames.permute(1, 2, 3, 0).cpu().numpy())  # (n, H, W, 3)
+            timing.denoise_ms, timing.kv_ms = (t1 - start) * 1e3, (t2 - t1) * 1e3
+            timing.decode_ms = (time.perf_counter() - t3) * 1e3
+            timing.latency_ms = timing.audio_ms + (time.perf_counter() - start) * 1e3
+            state.timings.append(timing)
+            state.pending_audio_ms = 0.0
+            state.block_index += 1
+            state.frames_out += outputs[-1].shape[0]
+        return outputs
 
     # ------------------------------------------------------------------ offline
     @torch.no_grad()

@@ -53,6 +53,7 @@ class StreamState:
     audio_state: Any = None  # the audio encoder's streaming state
     audio_features: list[torch.Tensor] = field(default_factory=list)  # per-frame features not yet used: (D,) each
     audio_frames_in: int = 0  # video frames of audio given to the audio encoder so far
+    pending_audio_ms: float = 0.0  # audio-encoder time not yet booked to a block
     decoder_cache: Any = None
     block_index: int = 0
     frames_out: int = 0
@@ -68,3 +69,15 @@ class StreamState:
     @property
     def num_branches(self) -> int:
         return int(self.drop_audio.shape[0])
+
+
+@dataclass
+class StreamGroup:
+    """Concurrent streams stepped together: one KV cache over all their CFG rows, one batched forward per step.
+
+    Each stream's own `kv_cache` is a view of its rows of `kv_cache`, so a stream can also be advanced alone
+    (e.g. to flush streams of different lengths); a group step needs all streams at the same window position.
+    """
+
+    states: list[StreamState]
+    kv_cache: Any
