@@ -186,7 +186,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if args.minutes > 0:
         total_blocks = int(args.minutes * 60 * FPS / block_frames)
         start = time.perf_counter()
-        measure(max(0, total_blocks - 2 * args.blocks))
+        if total_blocks > 2 * args.blocks:
+            measure(total_blocks - 2 * args.blocks)
         late = measure(args.blocks)
         report["long_stream"] = {
             "minutes_of_video": args.minutes,
