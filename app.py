@@ -21,6 +21,7 @@ from pathlib import Path
 
 import gradio as gr
 import spaces
+from PIL import Image
 
 from portrait_rt.app_support import (
     LiveSession,
@@ -47,6 +48,19 @@ STREAM_EVERY_S = 0.25  # microphone chunk period
 MAX_LIVE_STREAMS = int(os.environ.get("PORTRAIT_RT_LIVE_STREAMS", "2"))  # concurrent live streams (all users)
 
 PIPE = None  # the pipeline, loaded once in main(); per-user state lives in gr.State, never here
+
+
+class ReferenceImage(gr.Image):
+    """`gr.Image` that answers a file it cannot open with a clear message rather than a traceback."""
+
+    is_template = True  # rendered by the frontend as a plain Image
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except (OSError, SyntaxError, Image.DecompressionBombError):
+            name = getattr(payload, "orig_name", None) or "That file"
+            raise gr.Error(f"{name} is not an image this app can read; upload a PNG, JPEG or WebP portrait.") from None
 
 
 # ---------------------------------------------------------------------------------------------- GPU entry points
@@ -103,8 +117,12 @@ def live(ref1, ref2, ref3, la, lr, steps, seed, block_size, session: LiveSession
                 block_size=int(block_size),
             )
         yield gr.skip(), "Listening… the first video segment comes after about a second of audio."
-        for segment, readout in run_live(LiveStream(PIPE, state, out_dir), session):
+        stream = LiveStream(PIPE, state, out_dir)
+        for segment, readout in run_live(stream, session):
             yield str(segment), readout
+        if stream.frames_written == 0:
+            gr.Warning("No audio came from the microphone; check the browser's microphone permission.")
+        yield gr.skip(), f"{stream.readout()} · stream finished."
     finally:
         session.end()
         shutil.rmtree(out_dir, ignore_errors=True)  # Gradio has copied each segment once it was yielded
@@ -133,9 +151,16 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Row():
-                    ref1 = gr.Image(label="Reference 1 (required)", type="filepath", sources=["upload"], height=220)
-                    ref2 = gr.Image(label="Reference 2 (optional)", type="filepath", sources=["upload"], height=220)
-                    ref3 = gr.Image(label="Reference 3 (optional)", type="filepath", sources=["upload"], height=220)
+                    ref1, ref2, ref3 = (
+                        ReferenceImage(
+                            label=f"Reference {i} ({kind})",
+                            type="filepath",
+                            sources=["upload"],
+                            height=220,
+                            elem_id=f"ref{i}",
+                        )
+                        for i, kind in ((1, "required"), (2, "optional"), (3, "optional"))
+                    )
             with gr.Column(scale=2):
                 la = gr.Slider(
                     1,
@@ -174,7 +199,9 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
             with gr.Tab("File", id="file"):
                 with gr.Row():
                     with gr.Column():
-                        file_audio = gr.Audio(sources=["upload"], type="filepath", label="Speech audio")
+                        file_audio = gr.Audio(
+                            sources=["upload"], type="filepath", label="Speech audio", elem_id="file-audio"
+                        )
                         generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     file_video = gr.Video(label="Generated video", elem_id="file-video", buttons=["download"])
                 file_plot = gr.Image(label="Lip sync (eval tools)", type="filepath", elem_id="lipsync")

@@ -228,8 +228,10 @@ class LiveStream:
         return time.monotonic() - self.first_audio - self.frames_written / FPS
 
     def readout(self) -> str:
-        """Live FPS and per-block latency, and how far the video is behind the microphone."""
-        return speed_readout(self.state.timings, self.frames_written, self.lag_seconds())
+        """Live FPS and per-block latency, and (while the microphone is on) how far the video trails it."""
+        return speed_readout(
+            self.state.timings, self.frames_written, None if self.audio.closed else self.lag_seconds()
+        )
 
     def _take_audio(self) -> None:
         part = self.audio.pop(self.audio.available)
