@@ -1,0 +1,137 @@
+"""Clip shards: the on-disk format every training loader reads (prepared user videos and the rendered corpus).
+
+    root/
+      index.json               {"resolution", "fps", "sample_rate", "clips": [{"name", "num_frames", ...}], "skipped"}
+      <name>/frames.npy        uint8 (T, H, W, 3) at 25 fps, square `resolution`
+      <name>/audio.npy         float32 (T * 640,) mono at 16 kHz: frame i <-> samples [640 i, 640 (i + 1))
+
+Plain `.npy` files are memory-mapped, so a loader touches only the frames of the windows it samples, and a corpus
+is rendered once instead of once per step. `index.json` is rewritten after each clip, so an interrupted writer
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from portrait_rt.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+
+logger = logging.getLogger(__name__)
+
+INDEX = "index.json"
+
+
+class ClipStore:
+    """Read and append clips of a shard folder (see the module docstring for the layout).
+
+    Args:
+        root: the folder; created by `ClipStore.create`.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        path = self.root / INDEX
+        if not path.is_file():
+            raise ValueError(
+                f"{str(self.root)!r} is not a clip shard folder (no {INDEX}); make one with "
+                "`python -m portrait_rt prepare` or `portrait_rt.data.shards.write_synthetic_shards`."
+            )
+        self.index = json.loads(path.read_text())
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def create(cls, root: str | os.PathLike, resolution: int, **info) -> ClipStore:
+        """Open `root`, creating an empty store for `resolution` if it has no index yet."""
+        root = Path(root)
+        if not (root / INDEX).is_file():
+            root.mkdir(parents=True, exist_ok=True)
+            index = {"resolution": int(resolution), "fps": FPS, "sample_rate": SAMPLE_RATE, "clips": [], "skipped": []}
+            (root / INDEX).write_text(json.dumps({**index, **info}, indent=1))
+        store = cls(root)
+        if store.resolution != resolution:
+            raise ValueError(f"{str(root)!r} holds {store.resolution}px clips; use another folder for {resolution}px.")
+        return store
+
+    @property
+    def resolution(self) -> int:
+        return int(self.index["resolution"])
+
+    @property
+    def names(self) -> list[str]:
+        return [c["name"] for c in self.index["clips"]]
+
+    def __len__(self) -> int:
+        return len(self.index["clips"])
+
+    def num_frames(self, i: int) -> int:
+        return int(self.index["clips"][i]["num_frames"])
+
+    def info(self, i: int) -> dict:
+        return self.index["clips"][i]
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Clip `i` as (frames uint8 (T, H, W, 3) memory-mapped, audio float32 (T * 640,))."""
+        if i not in self._cache:
+            folder = self.root / self.index["clips"][i]["name"]
+            self._cache[i] = (np.load(folder / "frames.npy", mmap_mode="r"), np.load(folder / "audio.npy"))
+        return self._cache[i]
+
+    def _save_index(self) -> None:
+        tmp = self.root / f".{INDEX}.partial"
+        tmp.write_text(json.dumps(self.index, indent=1))
+        os.replace(tmp, self.root / INDEX)
+
+    def add(self, name: str, frames: np.ndarray, audio: np.ndarray, **info) -> None:
+        """Append a clip: frames uint8 (T, R, R, 3); audio float32 at 16 kHz, trimmed/padded to T * 640 samples."""
+        frames = np.asarray(frames)
+        r = self.resolution
+        if frames.ndim != 4 or frames.shape[1:] != (r, r, 3) or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 (T, {r}, {r}, 3), got {frames.dtype} {frames.shape}.")
+        n = frames.shape[0] * SAMPLES_PER_FRAME
+        audio = np.asarray(audio, np.float32).reshape(-1)
+        audio = np.pad(audio[:n], (0, max(0, n - audio.size)))
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "frames.npy", frames)
+        np.save(folder / "audio.npy", audio)
+        self.index["clips"] = [c for c in self.index["clips"] if c["name"] != name]
+        self.index["clips"].append({"name": name, "num_frames": int(frames.shape[0]), **info})
+        self._save_index()
+
+    def skip(self, source: str, reason: str) -> None:
+        """Record (and log) a source that could not be used, with the reason."""
+        logger.warning("skipping %s: %s", source, reason)
+        self.index["skipped"] = [s for s in self.index.get("skipped", []) if s["source"] != source]
+        self.index["skipped"].append({"source": source, "reason": reason})
+        self._save_index()
+
+
+def write_synthetic_shards(
+    root: str | os.PathLike,
+    num_clips: int,
+    resolution: int = 128,
+    split: str = "train",
+    seed: int = 0,
+    duration: float | None = None,
+) -> ClipStore:
+    """Render `num_clips` synthetic corpus clips (seeds `seed`, `seed + 1`, ...) into a shard folder, once.
+
+    Clips already in the folder are kept, so an interrupted render resumes.
+    """
+    from portrait_rt.data.synthetic import render_clip
+
+    store = ClipStore.create(root, resolution, source="synthetic", split=split)
+    have = set(store.names)
+    for k in range(num_clips):
+        name = f"{split}_{seed + k:06d}"
+        if name in have:
+            continue
+        clip = render_clip(seed + k, resolution=resolution, duration=duration, split=split)
+        store.add(name, clip.frames, clip.audio, seed=seed + k, split=split)
+        logger.info("rendered %s (%d frames)", name, clip.frames.shape[0])
+    return store

@@ -1,0 +1,307 @@
+"""The training loop both trainers share, on `accelerate`: one process on CPU, DDP/FSDP through `accelerate launch`.
+
+What it gives a trainer (a `Trainer` subclass that builds a module and says how to draw a batch):
+
+- exact resume: `accelerator.save_state` keeps model, optimizer, LR schedule, RNG states, the EMA weights and the
+  step; batches are a pure function of (seed, step, micro-batch, process), so the data position *is* the step and
+  a resumed run sees the same batches and noise as an uninterrupted one;
+- mixed precision, gradient checkpointing, gradient accumulation (`no_sync` on all but the last micro-batch);
+- EMA weights (`diffusers.training_utils.EMAModel`), saved with every checkpoint and used for export;
+- a tqdm progress bar, `metrics.jsonl` (and TensorBoard when it is installed), checkpoints every N steps (the
+  newest `checkpoints_total_limit` kept), a wall-clock budget (`max_minutes`) that checkpoints and stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Settings every trainer shares (the CLI fills them from flags of the same names)."""
+
+    output_dir: str
+    max_steps: int = 1000
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    min_lr_ratio: float = 0.1  # cosine decay from learning_rate to learning_rate * min_lr_ratio
+    lr_warmup_steps: int = 50
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
+    gradient_checkpointing: bool = False
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int = 2
+    ema_decay: float = 0.999
+    seed: int = 0
+    log_every: int = 10
+    resume: str | None = "latest"  # "latest", a checkpoint folder, or None for a fresh run
+    max_minutes: float | None = None  # wall-clock budget for this invocation: checkpoint and stop when spent
+    finalize: bool = False  # save the final (EMA) components from the newest checkpoint now, without training
+    extra: dict = field(default_factory=dict)
+
+
+class TrainingProgress:
+    """The step counter, saved with each checkpoint (`register_for_checkpointing` needs state_dict/load_state_dict)."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def step_generator(seed: int, step: int, micro: int = 0, rank: int = 0) -> torch.Generator:
+    """The CPU generator that draws every random choice of one micro-batch: a pure function of its position."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, micro, rank]).generate_state(1)[0]))
+
+
+def cosine_with_warmup(warmup: int, total: int, min_ratio: float):
+    """LR multiplier: linear warm-up, then cosine decay to `min_ratio` at `total` steps."""
+
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest `checkpoints/checkpoint-<step>` folder of a run, or None."""
+    folders = sorted((Path(output_dir) / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return folders[-1] if folders else None
+
+
+class Trainer:
+    """Shared loop. Subclasses implement `build_module()`, `make_batch(step, micro, generator)` and `save_final()`.
+
+    The module's `forward(**batch)` returns `(loss, logs)`: the loss to minimise and a dict of floats to log.
+    """
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        log_with = None
+        with contextlib.suppress(ImportError):
+            import tensorboard  # noqa: F401
+
+            log_with = "tensorboard"
+        # Unused parameters are normal here (no references in a batch -> Dref idle; no dropped condition -> null
+        # embeddings idle), so DDP must look for them.
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir)),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            step_scheduler_with_optimizer=False,
+        )
+        set_seed(config.seed)  # the same initial weights on every process and in every fresh run
+        self.module = self.build_module()
+        if config.gradient_checkpointing:
+            for m in self.module.modules():
+                if hasattr(m, "enable_gradient_checkpointing") and getattr(m, "_supports_gradient_checkpointing", 0):
+                    m.enable_gradient_checkpointing()
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, cosine_with_warmup(config.lr_warmup_steps, config.max_steps, config.min_lr_ratio)
+        )
+        self.ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=True, power=3 / 4)
+        self.progress = TrainingProgress()
+        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
+            self.module, self.optimizer, self.lr_scheduler
+        )
+        self.accelerator.register_for_checkpointing(self.ema, self.progress)
+        self.history: list[dict] = []  # one entry per optimizer step run by this invocation (for tests and logs)
+
+    # --- to implement ------------------------------------------------------------------------------------------
+    def build_module(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def make_batch(self, step: int, micro: int, generator: torch.Generator) -> dict:
+        raise NotImplementedError
+
+    def save_final(self, module: torch.nn.Module) -> None:
+        """Save the trained components (`module` holds the EMA weights) under `self.output_dir`."""
+        raise NotImplementedError
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        path = self.output_dir / "checkpoints" / f"checkpoint-{self.progress.step}"
+        self.accelerator.save_state(str(path))
+        if self.accelerator.is_main_process:
+            folders = sorted(path.parent.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+            for old in folders[: -self.config.checkpoints_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def maybe_resume(self) -> None:
+        resume = self.config.resume
+        if not resume:
+            return
+        path = latest_checkpoint(self.output_dir) if resume == "latest" else Path(resume)
+        if path is None:
+            return
+        if not path.is_dir():
+            raise ValueError(f"--resume {resume!r}: no checkpoint folder there; use 'latest' or a checkpoint path.")
+        self.accelerator.load_state(str(path))
+        logger.info("resumed from %s at step %d", path, self.progress.step)
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with open(self.output_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.accelerator.log_with:
+            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def train(self) -> list[dict]:
+        """Run (or continue) training to `max_steps`; returns this invocation's per-step history."""
+        cfg, acc = self.config, self.accelerator
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if acc.is_main_process:
+            (self.output_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+            if acc.log_with:
+                acc.init_trackers("portrait-rt")
+        self.maybe_resume()
+        if cfg.finalize:
+            logger.info("finalizing at step %d without further training", self.progress.step)
+            self.finish()
+            return self.history
+        start, t0 = self.progress.step, time.time()
+        bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=not acc.is_main_process)
+        pending: list[dict] = []
+        for step in bar:
+            self.model.train()
+            logs_sum: dict[str, float] = {}
+            for micro in range(cfg.gradient_accumulation_steps):
+                batch = self.make_batch(step, micro, step_generator(cfg.seed, step, micro, acc.process_index))
+                last = micro == cfg.gradient_accumulation_steps - 1
+                with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                    loss, logs = self.model(**batch)
+                    acc.backward(loss / cfg.gradient_accumulation_steps)
+                for k, v in {"loss": loss.detach(), **logs}.items():
+                    logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / cfg.gradient_accumulation_steps
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.ema.step([p for p in acc.unwrap_model(self.model).parameters() if p.requires_grad])
+            self.progress.step = step + 1
+
+            # Average the logged numbers over processes.
+            keys = sorted(logs_sum)
+            means = acc.reduce(torch.tensor([logs_sum[k] for k in keys], dtype=torch.float64), "mean")
+            record = {"step": step + 1, **{k: float(v) for k, v in zip(keys, means)}}
+            record["lr"] = float(self.lr_scheduler.get_last_lr()[0])
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            self.history.append(record)
+            pending.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+                summary = {k: float(np.mean([r[k] for r in pending])) for k in pending[-1] if k != "step"}
+                self._log({"step": step + 1, **summary, "elapsed_s": round(time.time() - t0, 1)})
+                pending = []
+            out_of_time = cfg.max_minutes is not None and (time.time() - t0) / 60 >= cfg.max_minutes
+            out_of_time = bool(acc.gather(torch.tensor([float(out_of_time)])).max())  # all processes stop together
+            if (step + 1) % cfg.checkpointing_steps == 0 or step + 1 == cfg.max_steps or out_of_time:
+                self.save_checkpoint()
+            if out_of_time:
+                logger.info("time budget spent at step %d; resume with the same command", step + 1)
+                break
+        bar.close()
+        if self.progress.step >= cfg.max_steps:
+            self.finish()
+        acc.end_training()
+        return self.history
+
+    def finish(self) -> None:
+        """Copy the EMA weights into the model and save the final components (main process)."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            module = self.accelerator.unwrap_model(self.model)
+            params = [p for p in module.parameters() if p.requires_grad]
+            self.ema.store(params)
+            self.ema.copy_to(params)
+            self.save_final(module)
+            self.ema.restore(params)
+        self.accelerator.wait_for_everyone()
+
+
+def add_common_arguments(parser) -> None:
+    """The flags of `TrainConfig` (shared by `train vae` and `train dit`)."""
+    d = TrainConfig(output_dir="")
+    parser.add_argument("--output-dir", required=True, help="run folder: checkpoints, metrics.jsonl, final weights")
+    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps in all")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="per process, per micro-batch")
+    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    parser.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="cosine decay floor")
+    parser.add_argument("--lr-warmup-steps", type=int, default=d.lr_warmup_steps)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="0 disables clipping")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=d.gradient_accumulation_steps)
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=d.mixed_precision)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--checkpointing-steps", type=int, default=d.checkpointing_steps)
+    parser.add_argument("--checkpoints-total-limit", type=int, default=d.checkpoints_total_limit)
+    parser.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--log-every", type=int, default=d.log_every)
+    parser.add_argument("--resume", default=d.resume, help="'latest' (default), a checkpoint folder, or 'none'")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument(
+        "--finalize", action="store_true", help="save the final EMA weights from the newest checkpoint, no training"
+    )
+
+
+def config_from_args(args, max_steps: int) -> TrainConfig:
+    """`TrainConfig` from parsed `add_common_arguments` flags."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return TrainConfig(
+        output_dir=args.output_dir,
+        max_steps=max_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        min_lr_ratio=args.min_lr_ratio,
+        lr_warmup_steps=args.lr_warmup_steps,
+        weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        checkpointing_steps=args.checkpointing_steps,
+        checkpoints_total_limit=args.checkpoints_total_limit,
+        ema_decay=args.ema_decay,
+        seed=args.seed,
+        log_every=args.log_every,
+        resume=None if str(args.resume).lower() == "none" else args.resume,
+        max_minutes=args.max_minutes,
+        finalize=args.finalize,
+    )

@@ -1,0 +1,89 @@
+"""Latents precomputed once with the trained VAE (cached to disk), the DiT's training data.
+
+    python -m portrait_rt train latents --vae runs/vae/vae --data data/corpus128 --output runs/latents.pt
+
+For each clip of a shard store: the posterior mode of the whole clip (encoded as one stream, chunk by chunk, so
+memory stays bounded), and the reference latents `z_r` of a few of its frames (each encoded alone, as at
+inference). Latents are stored raw; `shift_factor` / `scaling_factor` travel with them and the DiT trainer
+normalises with the same `(z - shift) * scale` the pipeline uses. Audio stays in the shard store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+from portrait_rt.constants import TEMPORAL_COMPRESSION
+from portrait_rt.data.shards import ClipStore
+from portrait_rt.models.vae import CausalVideoVAE
+from portrait_rt.training.vae import frames_to_tensor
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def encode_clip(vae: CausalVideoVAE, frames: np.ndarray, chunk_latents: int = 4) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> posterior-mode latents (64, 1 + (T-1)//4, h, w), streamed `chunk_latents` at a time."""
+    usable = 1 + TEMPORAL_COMPRESSION * ((frames.shape[0] - 1) // TEMPORAL_COMPRESSION)
+    step = TEMPORAL_COMPRESSION * chunk_latents
+    bounds = [0, 1 + step - TEMPORAL_COMPRESSION] + list(range(1 + 2 * step - TEMPORAL_COMPRESSION, usable, step))
+    bounds = sorted({min(b, usable) for b in bounds} | {usable})
+    cache, zs = None, []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        video = frames_to_tensor(frames[a:b]).movedim(0, 1)[None].to(vae.device, vae.dtype)  # (1, 3, t, H, W)
+        moments, cache = vae.encode_chunk(video, cache)
+        zs.append(DiagonalGaussianDistribution(moments).mode()[0].float().cpu())  # (64, l, h, w)
+    return torch.cat(zs, dim=1)
+
+
+@torch.no_grad()
+def cache_latents(
+    vae: CausalVideoVAE, store: ClipStore, path: str | Path, references_per_clip: int = 4, seed: int = 0
+) -> dict:
+    """Encode every clip of `store`; save and return the cache dict (see the module docstring)."""
+    vae.eval()
+    latents, references, reference_frames = [], [], []
+    for i in range(len(store)):
+        frames, _ = store.load(i)
+        latents.append(encode_clip(vae, frames).half())
+        rng = np.random.default_rng([seed, i])
+        picks = np.sort(rng.choice(frames.shape[0], min(references_per_clip, frames.shape[0]), replace=False))
+        images = frames_to_tensor(frames[picks])[None].to(vae.device, vae.dtype)  # (1, K, 3, H, W)
+        references.append(vae.encode_reference(images)[1][0].float().cpu().half())  # (K, 64, h, w)
+        reference_frames.append(picks.tolist())
+        if (i + 1) % 20 == 0:
+            logger.info("encoded %d / %d clips", i + 1, len(store))
+    cache = {
+        "store": str(Path(store.root).resolve()),
+        "shift_factor": float(vae.config.shift_factor),
+        "scaling_factor": float(vae.config.scaling_factor),
+        "latents": latents,
+        "references": references,
+        "reference_frames": reference_frames,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(cache, path)
+    return cache
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vae", required=True, help="trained VAE folder (train vae's <output-dir>/vae)")
+    parser.add_argument("--data", required=True, help="clip shard folder")
+    parser.add_argument("--output", required=True, help="latent cache file to write (.pt)")
+    parser.add_argument("--references-per-clip", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None)
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    vae = CausalVideoVAE.from_pretrained(args.vae)
+    cache = cache_latents(vae, ClipStore(args.data), args.output, args.references_per_clip)
+    print(f"cached latents of {len(cache['latents'])} clips to {args.output}")
+    return 0

@@ -1,0 +1,195 @@
+"""VAE training (paper §3.1 eq. (2), supplementary "Training details of the causal video VAE").
+
+Loss: L1 reconstruction + a small KL term on the posterior (LPIPS is left out: its weights would have to be
+downloaded). References: M random frames of the same clip decoded through Dref, M = 1..3 as in the paper, plus
+M = 0 in `no_reference_prob` of the steps so the M = 0..3 comparison of Table 2 is measured on one model.
+Progressive clip length: `stages` such as "5x8:1200,17x4:400" train 1200 steps on 5-frame clips (batch 8), then
+400 on 17-frame clips (batch 4), as the paper goes 5 -> 17 -> 73 frames. `--no-crva` trains the Table 2
+"w/o CR-VA" ablation.
+
+At the end the trainer encodes clips with the EMA weights and sets `shift_factor` / `scaling_factor` in the VAE
+config from the latents' mean and std, so the DiT sees roughly unit-variance latents: `(z - shift) * scale`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from portrait_rt.constants import MAX_REFERENCES
+from portrait_rt.data.shards import ClipStore
+from portrait_rt.models.vae import CausalVideoVAE
+from portrait_rt.presets import get_preset
+from portrait_rt.training.common import TrainConfig, Trainer, add_common_arguments, config_from_args
+
+logger = logging.getLogger(__name__)
+
+
+def parse_stages(text: str) -> list[tuple[int, int, int]]:
+    """ "5x8:1200,17x4:400" -> [(frames 5, batch 8, steps 1200), (17, 4, 400)]."""
+    stages = []
+    for part in text.split(","):
+        try:
+            shape, steps = part.split(":")
+            frames, batch = (int(v) for v in shape.split("x"))
+            stages.append((frames, batch, int(steps)))
+        except ValueError:
+            raise ValueError(f"--stages {text!r}: write FRAMESxBATCH:STEPS,... e.g. 5x8:1200,17x4:400") from None
+        if (frames - 1) % 4 or batch < 1 or int(steps) < 1:
+            raise ValueError(f"--stages {part!r}: frames must be 1 + 4n (5, 17, ...), batch and steps >= 1.")
+    return stages
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.array(frames)).float() / 127.5 - 1.0  # copies: shard frames are read-only mmaps
+    return x.movedim(-1, -3)
+
+
+def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, var) || N(0, 1)), averaged over latent elements."""
+    return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
+
+
+class VAETrainingModule(nn.Module):
+    """The VAE and its loss in one module, so `accelerate` (DDP, autocast) wraps a single forward."""
+
+    def __init__(self, vae: CausalVideoVAE, kl_weight: float):
+        super().__init__()
+        self.vae, self.kl_weight = vae, kl_weight
+
+    def forward(self, video: torch.Tensor, references: torch.Tensor, generator: torch.Generator):
+        """video (B, 3, 1+4n, H, W), references (B, M, 3, H, W) in [-1, 1] -> (loss, logs)."""
+        recon, posterior = self.vae(video, references, sample_posterior=True, generator=generator)
+        l1 = (recon.float() - video).abs().mean()
+        kl = kl_divergence(posterior.mean.float(), posterior.logvar.float())
+        with torch.no_grad():
+            psnr = -10 * torch.log10(((recon.float().clamp(-1, 1) - video) / 2).square().mean().clamp_min(1e-10))
+        return l1 + self.kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach(), "psnr": psnr}
+
+
+class VAETrainer(Trainer):
+    """Trains `CausalVideoVAE` on a clip shard store (`python -m portrait_rt train vae`)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: str,
+        preset: str = "demo",
+        stages: list[tuple[int, int, int]] | None = None,
+        kl_weight: float = 1e-4,
+        no_reference_prob: float = 0.1,
+        use_crva: bool = True,
+        init_from: str | None = None,
+        config_overrides: dict | None = None,
+    ):
+        self.store = ClipStore(data)
+        self.config_overrides = config_overrides or {}
+        self.preset, self.kl_weight, self.no_reference_prob = preset, kl_weight, no_reference_prob
+        self.use_crva, self.init_from = use_crva, init_from
+        self.stages = stages or [(5, config.batch_size, config.max_steps)]
+        config.max_steps = sum(s for _, _, s in self.stages)
+        shortest = min(self.store.num_frames(i) for i in range(len(self.store)))
+        if shortest < max(f for f, _, _ in self.stages):
+            raise ValueError(f"Clips of {shortest} frames are shorter than the longest stage; shorten --stages.")
+        super().__init__(config)
+
+    def build_module(self) -> nn.Module:
+        if self.init_from:
+            vae = CausalVideoVAE.from_pretrained(self.init_from)
+        else:
+            cfg = get_preset(self.preset)["vae"]
+            cfg.update(resolution=self.store.resolution, use_crva=self.use_crva, **self.config_overrides)
+            vae = CausalVideoVAE(**cfg)
+        if vae.config.resolution != self.store.resolution:
+            raise ValueError(f"VAE resolution {vae.config.resolution} != data resolution {self.store.resolution}.")
+        return VAETrainingModule(vae, self.kl_weight)
+
+    def stage(self, step: int) -> tuple[int, int]:
+        """(frames, batch) of the progressive stage that `step` falls in."""
+        for frames, batch, steps in self.stages:
+            if step < steps:
+                return frames, batch
+            step -= steps
+        return self.stages[-1][:2]
+
+    def make_batch(self, step: int, micro: int, generator: torch.Generator) -> dict:
+        num_frames, batch_size = self.stage(step)
+        r = torch.rand(1, generator=generator).item()
+        m = 0 if r < self.no_reference_prob else int(torch.randint(1, MAX_REFERENCES + 1, (1,), generator=generator))
+        videos, refs = [], []
+        for _ in range(batch_size):
+            k = int(torch.randint(len(self.store), (1,), generator=generator))
+            frames, _ = self.store.load(k)
+            start = int(torch.randint(frames.shape[0] - num_frames + 1, (1,), generator=generator))
+            videos.append(frames_to_tensor(frames[start : start + num_frames]).movedim(0, 1))  # (3, T, H, W)
+            picks = torch.randint(frames.shape[0], (m,), generator=generator).tolist()
+            refs.append(frames_to_tensor(frames[sorted(picks)]))  # (M, 3, H, W)
+        device = self.accelerator.device
+        return {
+            "video": torch.stack(videos).to(device),
+            "references": torch.stack(refs).to(device),
+            "generator": generator,
+        }
+
+    def save_final(self, module: VAETrainingModule) -> None:
+        vae = module.vae
+        shift, scale = latent_statistics(vae, self.store)
+        vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+        vae.save_pretrained(self.output_dir / "vae")
+        (self.output_dir / "vae" / "latent_stats.json").write_text(
+            json.dumps({"shift_factor": shift, "scaling_factor": scale}, indent=1)
+        )
+        logger.info("saved VAE to %s (shift %.4f, scale %.4f)", self.output_dir / "vae", shift, scale)
+
+
+@torch.no_grad()
+def latent_statistics(
+    vae: CausalVideoVAE, store: ClipStore, num_clips: int = 32, num_frames: int = 17
+) -> tuple[float, float]:
+    """Mean and 1/std of posterior-mode latents over the first `num_frames` frames of up to `num_clips` clips."""
+    vae.eval()
+    zs = []
+    for i in range(min(num_clips, len(store))):
+        frames, _ = store.load(i)
+        n = min(num_frames, 1 + 4 * ((frames.shape[0] - 1) // 4))
+        video = frames_to_tensor(frames[:n]).movedim(0, 1)[None].to(vae.device, vae.dtype)  # (1, 3, T, H, W)
+        zs.append(vae.encode(video).mode().float().flatten())
+    z = torch.cat(zs)
+    return float(z.mean()), float(1.0 / z.std().clamp_min(1e-6))
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--data", required=True, help="clip shard folder (prepare / synthetic shards)")
+    parser.add_argument("--preset", default="demo", help="VAE preset for a fresh model: tiny | demo | paper")
+    parser.add_argument("--init-from", default=None, help="start from a saved VAE folder instead of the preset")
+    parser.add_argument("--stages", default=None, help="progressive clip length, FRAMESxBATCH:STEPS,... e.g. "
+                        "5x8:1200,17x4:400 (default: 5 frames, --batch-size, --max-steps)")  # fmt: skip
+    parser.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the mean KL term")
+    parser.add_argument("--no-reference-prob", type=float, default=0.1, help="share of steps with M = 0 references")
+    parser.add_argument("--no-crva", action="store_true", help="Table 2 ablation: interpolation without CR-VA")
+    parser.add_argument("--config-json", default=None, help="JSON dict of VAE config values overriding the preset")
+
+
+def build_trainer(args: argparse.Namespace) -> VAETrainer:
+    stages = parse_stages(args.stages) if args.stages else None
+    if stages is None and args.max_steps is None:
+        raise ValueError("Give --max-steps or --stages.")
+    config = config_from_args(args, args.max_steps or 0)
+    return VAETrainer(
+        config,
+        args.data,
+        preset=args.preset,
+        stages=stages,
+        kl_weight=args.kl_weight,
+        no_reference_prob=args.no_reference_prob,
+        use_crva=not args.no_crva,
+        init_from=args.init_from,
+        config_overrides=json.loads(args.config_json) if args.config_json else None,
+    )
