@@ -1,9 +1,6 @@
 """Training on the tiny preset: each trainer, exact resume, a 2-process CPU run, export; and the bundled model."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,20 +128,33 @@ def test_dit_trainer_and_export(latents, trained_vae, tmp_path):
     assert out.frames.shape == (25, 64, 64, 3)
 
 
-def test_two_process_cpu_run_trains_and_resumes(latents, tmp_path):
-    """`accelerate launch --num_processes 2 --cpu` (DDP over gloo) trains 2 steps, then resumes to 3."""
-    out = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "portrait_rt", "train", "dit",
-            "--latents", str(latents), "--preset", "tiny", "--output-dir", str(out), "--batch-size", "1",
-            "--log-every", "1", "--threads", "1"]  # fmt: skip
+def _ddp_train_then_resume(latents: str, out: str) -> None:
+    """Runs in each of the 2 launched processes: 2 steps, then a fresh trainer resumes to 3."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # forked from a process whose state says 1 process
+    torch.set_num_threads(1)
     for steps in (2, 3):
-        proc = subprocess.run(base + ["--max-steps", str(steps)], env=env, capture_output=True, text=True, cwd=REPO)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        cfg = TrainConfig(output_dir=out, max_steps=steps, batch_size=1, log_every=1, checkpointing_steps=100)
+        trainer = DiTTrainer(cfg, latents, preset="tiny")
+        assert trainer.accelerator.num_processes == 2
+        history = trainer.train()
+        if trainer.accelerator.is_main_process:
+            with open(Path(out) / f"history_{steps}.json", "w") as f:
+                json.dump([r["step"] for r in history], f)
+
+
+def test_two_process_cpu_run_trains_and_resumes(latents, tmp_path):
+    """Two CPU processes (DDP over gloo, what `accelerate launch --num_processes 2 --cpu` starts) train 2 steps;
+    a new trainer then resumes from the checkpoint and runs step 3 only."""
+    from accelerate import debug_launcher
+
+    out = tmp_path / "ddp"
+    debug_launcher(_ddp_train_then_resume, (str(latents), str(out)), num_processes=2)
+    assert json.loads((out / "history_2.json").read_text()) == [1, 2]
+    assert json.loads((out / "history_3.json").read_text()) == [3]  # resumed, not restarted
     logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert logged == [1, 2, 3]  # the second launch started at step 3: it resumed, not restarted
-    assert "resumed from" in proc.stderr
+    assert logged == [1, 2, 3]
     assert (out / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
 
 
