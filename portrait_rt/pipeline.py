@@ -94,7 +94,7 @@ class PortraitRTPipeline(DiffusionPipeline):
         Under `with torch.device("meta"):` nothing is allocated (for parameter counts of the paper preset).
         """
         cfg = get_preset(name)
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=cfg["pipeline"]["shift"], **scheduler_kwargs)
+        scheduler = FlowMatchEulerDiscreteScheduler(**{**cfg["scheduler"], **scheduler_kwargs})
         components = {
             "vae": CausalVideoVAE(**cfg["vae"]),
             "transformer": FlowDiT(**cfg["transformer"]),

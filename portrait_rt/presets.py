@@ -85,12 +85,9 @@ AUDIO_ENCODER_PRESETS: dict[str, dict] = {
     "tiny": {"num_mel_bins": 16, "hidden_dim": 16, "num_layers": 2, "feature_dim": 8, "lookahead_frames": 1},
 }
 
-# Pipeline-level defaults: resolution, block size, KV window, steps, scheduler shift.
-PIPELINE_PRESETS: dict[str, dict] = {
-    "paper": {"resolution": 512, "block_size": 4, "kv_window": 32, "num_inference_steps": 12, "shift": 5.0},
-    "demo": {"resolution": 128, "block_size": 4, "kv_window": 32, "num_inference_steps": 12, "shift": 5.0},
-    "tiny": {"resolution": 64, "block_size": 2, "kv_window": 8, "num_inference_steps": 2, "shift": 5.0},
-}
+# FlowMatchEulerDiscreteScheduler configs: the paper's timestep shift of 5 (§4.1). Resolution, block size and KV
+# window live in the VAE and transformer configs; steps and guidance are call arguments.
+SCHEDULER_PRESETS: dict[str, dict] = {name: {"shift": 5.0} for name in ("paper", "demo", "tiny")}
 
 PRESET_NAMES = ("paper", "demo", "tiny")
 
@@ -104,6 +101,6 @@ def get_preset(name: str) -> dict[str, dict]:
             "vae": VAE_PRESETS.get(name, {}),
             "transformer": TRANSFORMER_PRESETS.get(name, {}),
             "audio_encoder": AUDIO_ENCODER_PRESETS.get(name, {}),
-            "pipeline": PIPELINE_PRESETS[name],
+            "scheduler": SCHEDULER_PRESETS[name],
         }
     )
