@@ -58,7 +58,9 @@ class ReferenceImage(gr.Image):
     def preprocess(self, payload):
         try:
             return super().preprocess(payload)
-        except (OSError, SyntaxError, Image.DecompressionBombError):
+        except Image.DecompressionBombError:
+            raise gr.Error("That image is far too large; upload a portrait under 40 megapixels.") from None
+        except (OSError, SyntaxError):
             name = getattr(payload, "orig_name", None) or "That file"
             raise gr.Error(f"{name} is not an image this app can read; upload a PNG, JPEG or WebP portrait.") from None
 
@@ -107,15 +109,19 @@ def live(ref1, ref2, ref3, la, lr, steps, seed, block_size, session: LiveSession
         return
     out_dir = tempfile.mkdtemp(prefix="portrait-rt-live-")
     try:
-        with user_errors():
-            state = PIPE.start_stream(
-                collect_references(ref1, ref2, ref3),
-                guidance_audio=float(la),
-                guidance_reference=float(lr),
-                num_inference_steps=int(steps),
-                generator=make_generator(seed),
-                block_size=int(block_size),
-            )
+        try:
+            with user_errors():
+                state = PIPE.start_stream(
+                    collect_references(ref1, ref2, ref3),
+                    guidance_audio=float(la),
+                    guidance_reference=float(lr),
+                    num_inference_steps=int(steps),
+                    generator=make_generator(seed),
+                    block_size=int(block_size),
+                )
+        except gr.Error:
+            session.fail()  # this recording's audio must not leak into the next stream
+            raise
         yield gr.skip(), "Listening… the first video segment comes after about a second of audio."
         stream = LiveStream(PIPE, state, out_dir)
         for segment, readout in run_live(stream, session):
@@ -214,7 +220,9 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
             with gr.Tab("Compare", id="compare"):
                 gr.Markdown("The same references, audio and seed at two guidance settings, side by side.")
                 with gr.Row():
-                    cmp_audio = gr.Audio(sources=["upload"], type="filepath", label="Speech audio")
+                    cmp_audio = gr.Audio(
+                        sources=["upload"], type="filepath", label="Speech audio", elem_id="cmp-audio"
+                    )
                     with gr.Column():
                         la_a = gr.Slider(1, 4, value=1, step=0.1, label="A: audio guidance λa")
                         lr_a = gr.Slider(1, 4, value=1, step=0.1, label="A: reference guidance λr")

@@ -106,13 +106,21 @@ def about_markdown(choice: ModelChoice, pipe) -> str:
         lines.insert(0, f"⚠️ {choice.notice}")
     elif choice.is_random:
         lines.insert(0, "⚠️ Randomly initialised weights (a preset, for tests): the video will not look like a face.")
+    if choice.is_random:
+        trained = "nothing: randomly initialised weights."
+    elif Path(choice.model).name == Path(DEFAULT_MODEL_DIR).name:
+        trained = (
+            "the project's synthetic talking-portrait corpus (procedural illustrated faces, espeak-ng speech); "
+            "nothing was downloaded."
+        )
+    else:
+        trained = "see the model's own card; the bundled demo model learnt from the synthetic corpus."
     lines += [
-        "**Trained on:** the bundled demo model learnt from the project's synthetic talking-portrait corpus "
-        "(procedural illustrated faces, espeak-ng speech); nothing was downloaded.",
-        "**Can:** animate synthetic-style portraits from 1-3 references, mouth following the speech, head motion "
-        "and blinks of its own, live from a microphone or offline from a file.",
-        "**Cannot:** animate real photos convincingly: that needs a model trained on real talking videos "
-        "(`python -m portrait_rt prepare` and `train` on your own footage).",
+        f"**Trained on:** {trained}",
+        "**Can (the bundled model):** animate synthetic-style portraits from 1-3 references, mouth following the "
+        "speech, head motion and blinks of its own, live from a microphone or offline from a file.",
+        "**Cannot (the bundled model):** animate real photos convincingly: that needs a model trained on real "
+        "talking videos (`python -m portrait_rt prepare` and `train` on your own footage).",
         "**Load another model:** `python app.py --model PATH_OR_HUB_ID`, or set "
         f"`{MODEL_ENV}=PATH_OR_HUB_ID` (a diffusers folder written by `pipe.save_pretrained`).",
     ]
@@ -284,6 +292,11 @@ class LiveSession:
         self.running, self.stop_requested, self.ignoring = True, False, False
         self.last_chunk = time.monotonic()
         return True
+
+    def fail(self) -> None:
+        """The stream could not start (bad input): drop the rest of this recording's audio until it stops."""
+        self.running, self.ignoring = False, True
+        self.chunks.clear()
 
     def stop(self) -> None:
         """The recording stopped: end a refused recording, or ask the running stream to finish."""

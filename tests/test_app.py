@@ -179,6 +179,10 @@ def test_file_mode_plays_a_video_as_long_as_the_audio(browser, app_url):
     page = _open(browser, app_url, "file")
     audio = EXAMPLES / "speech_b.wav"
     seconds = sf.info(str(audio)).duration
+    page.get_by_text("About this model").click()
+    about = page.locator("#about")
+    about.wait_for()
+    assert "preset:tiny" in about.inner_text() and "--model" in about.inner_text()
     _shot(page, "1-start")
     _generate_file(page, EXAMPLES / "portrait_b.png", audio)
     state = _wait_video(page, "#file-video")
@@ -226,6 +230,22 @@ def test_bad_inputs_show_errors_and_the_app_keeps_serving(browser, app_url, tmp_
     page.context.close()
 
 
+def test_compare_shows_two_settings_side_by_side(browser, app_url):
+    page = _open(browser, app_url, "compare")
+    audio = EXAMPLES / "speech_b.wav"
+    _upload_reference(page, EXAMPLES / "portrait_a.png")
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#cmp-audio input[type=file]").set_input_files(str(audio))
+    page.wait_for_timeout(500)
+    page.locator("#compare").click()
+    states = [_wait_video(page, sel) for sel in ("#video-a", "#video-b")]
+    seconds = sf.info(str(audio)).duration
+    assert all(abs(s["duration"] - seconds) <= 0.2 for s in states), states
+    assert states[0]["src"] != states[1]["src"]
+    _shot(page, "10-compare")
+    page.context.close()
+
+
 def _record(page, reference):
     page.get_by_role("tab", name="Live").click()
     _upload_reference(page, reference)
@@ -244,6 +264,13 @@ def _finish(page) -> tuple[dict, int]:
 
 def test_live_mode_streams_segments_while_recording(browser, app_url):
     page = _open(browser, app_url, "live")
+    # Recording without a reference: a clear error, and the app is ready for the next recording.
+    page.get_by_role("button", name="Record").click()
+    assert "Reference 1" in _toast(page, "Upload a portrait")
+    _shot(page, "7-live-error-no-reference", full_page=False)
+    page.get_by_role("button", name="Stop").click()
+    page.locator(".toast-close").first.click()
+
     started = _record(page, EXAMPLES / "portrait_c.png")
     _wait_until(page, "#live-video", "v.currentTime > 0")
     first_play = time.monotonic() - started
@@ -256,7 +283,7 @@ def test_live_mode_streams_segments_while_recording(browser, app_url):
     assert page.get_by_role("button", name="Stop").is_visible()
     later = page.evaluate(_VIDEO_STATE, "#live-video")
     lag = (time.monotonic() - started) - later["buffered"]  # mic time minus video received
-    _shot(page, "7-live-recording")
+    _shot(page, "8-live-recording")
     readout_during = page.inner_text("#live-readout")
     assert "FPS" in readout_during and "latency per block" in readout_during
 
@@ -264,7 +291,7 @@ def test_live_mode_streams_segments_while_recording(browser, app_url):
     final, frames = _finish(page)
     readout = page.inner_text("#live-readout")
     assert abs(final["duration"] - frames / 25) < 0.6, (final, readout)  # everything recorded came back
-    _shot(page, "8-live-stopped")
+    _shot(page, "9-live-stopped")
     result = {
         "first_video_playing_s_after_record": round(first_play, 2),
         "video_behind_microphone_s": round(lag, 2),
@@ -286,7 +313,7 @@ def test_two_browsers_stream_at_once_each_with_its_own_video(browser, app_url):
     states = [p.evaluate(_VIDEO_STATE, "#live-video") for p in pages]
     means = [np.array(p.evaluate(_FRAME_MEAN, "#live-video")) for p in pages]
     for i, page in enumerate(pages):
-        _shot(page, f"9-two-streams-{i}")
+        _shot(page, f"11-two-streams-{i}")
     for page in pages:
         page.get_by_role("button", name="Stop").click()
     finals = [_finish(page) for page in pages]

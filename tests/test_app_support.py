@@ -237,6 +237,11 @@ def test_live_session_refuses_a_second_stream():
     assert s.stop_requested
     s.end()
     assert not s.running and not s.chunks and s.begin()
+    s.fail()  # e.g. no reference image: the rest of this recording is dropped, the next one is clean
+    s.push((48000, np.ones(480, np.int16)))
+    assert not s.running and not s.chunks
+    s.stop()
+    assert not s.stop_requested and s.begin()
 
 
 def test_run_live_flushes_the_tail_after_stop(tmp_path):
