@@ -50,19 +50,27 @@ MAX_LIVE_STREAMS = int(os.environ.get("PORTRAIT_RT_LIVE_STREAMS", "2"))  # concu
 PIPE = None  # the pipeline, loaded once in main(); per-user state lives in gr.State, never here
 
 
-class ReferenceImage(gr.Image):
-    """`gr.Image` that answers a file it cannot open with a clear message rather than a traceback."""
+def reference_image(index: int, kind: str) -> gr.Image:
+    """A reference slot that answers a file it cannot open with a clear message rather than a traceback.
 
-    is_template = True  # rendered by the frontend as a plain Image
+    (Wrapping the instance's `preprocess` rather than subclassing: Gradio writes a `.pyi` stub beside any module that
+    defines a component class.)
+    """
+    label = f"Reference {index} ({kind})"
+    image = gr.Image(label=label, type="filepath", sources=["upload"], height=220, elem_id=f"ref{index}")
+    preprocess = image.preprocess
 
-    def preprocess(self, payload):
+    def checked(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except Image.DecompressionBombError:
             raise gr.Error("That image is far too large; upload a portrait under 40 megapixels.") from None
         except (OSError, SyntaxError):
             name = getattr(payload, "orig_name", None) or "That file"
             raise gr.Error(f"{name} is not an image this app can read; upload a PNG, JPEG or WebP portrait.") from None
+
+    image.preprocess = checked
+    return image
 
 
 # ---------------------------------------------------------------------------------------------- GPU entry points
@@ -158,14 +166,9 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
             with gr.Column(scale=3):
                 with gr.Row():
                     ref1, ref2, ref3 = (
-                        ReferenceImage(
-                            label=f"Reference {i} ({kind})",
-                            type="filepath",
-                            sources=["upload"],
-                            height=220,
-                            elem_id=f"ref{i}",
-                        )
-                        for i, kind in ((1, "required"), (2, "optional"), (3, "optional"))
+                        reference_image(1, "required"),
+                        reference_image(2, "optional"),
+                        reference_image(3, "optional"),
                     )
             with gr.Column(scale=2):
                 la = gr.Slider(
