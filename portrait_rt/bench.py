@@ -98,11 +98,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args.model, args.device)
     dtype = getattr(torch, args.dtype)
-    if dtype != torch.float32:  # norms and AdaLN stay fp32 inside the models (_keep_in_fp32_modules)
-        pipe.transformer.to(dtype)
-        pipe.vae.to(dtype)
+    pipe = load_pipeline(args.model, args.device, torch_dtype=None if dtype == torch.float32 else dtype)
     guidance = 1.0 if args.no_guidance else args.guidance
     res = pipe.resolution
     refs = [np.random.default_rng(i).integers(0, 255, (res, res, 3), dtype=np.uint8) for i in range(2)]

@@ -22,17 +22,26 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
 
 
-def load_pipeline(model: str, device: str | None = None):
-    """Load a pipeline folder / Hub id (or `preset:NAME` for a random preset) on the best device."""
+def load_pipeline(model: str, device: str | None = None, torch_dtype=None):
+    """Load a pipeline folder / Hub id (or `preset:NAME` for a random preset) on the best device.
+
+    `torch_dtype` (e.g. torch.bfloat16 on GPU) goes through diffusers, which keeps each model's
+    `_keep_in_fp32_modules` (norms, AdaLN) in float32.
+    """
     import torch
 
     from portrait_rt.pipeline import PortraitRTPipeline
 
-    pipe = (
-        PortraitRTPipeline.from_preset(model.split(":", 1)[1])
-        if model.startswith("preset:")
-        else PortraitRTPipeline.from_pretrained(model)
-    )
+    if model.startswith("preset:"):
+        pipe = PortraitRTPipeline.from_preset(model.split(":", 1)[1])
+        if torch_dtype is not None:  # what from_pretrained(torch_dtype=...) does, parameter by parameter
+            for component in (pipe.vae, pipe.transformer, pipe.audio_encoder):
+                keep = component._keep_in_fp32_modules or []
+                for name, param in component.named_parameters():
+                    kept = any(k in name.split(".") for k in keep)
+                    param.data = param.data.to(torch.float32 if kept else torch_dtype)
+    else:
+        pipe = PortraitRTPipeline.from_pretrained(model, torch_dtype=torch_dtype)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return pipe.to(device)
 

@@ -123,7 +123,8 @@ def read_video(
     meta = probe(path)
     w, h = (size, size) if size else meta["size"]
     cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path)]
-    cmd += (["-vf", ",".join(vf)] if vf else []) + ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    cmd += ["-vf", ",".join(vf)] if vf else ["-fps_mode", "passthrough"]  # (MPEG-TS would otherwise dup frames)
+    cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     raw = _run_ffmpeg(cmd)
     frames = np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3).copy()
     if meta.get("audio_codec") is None:

@@ -32,6 +32,7 @@ def test_ts_segment_and_silent_video(tmp_path):
     frames, audio = _clip(16)
     seg = write_video(tmp_path / "seg.ts", frames, audio, start_time=0.64)
     assert probe(seg)["codec"] == "h264"
+    assert read_video(seg)[0].shape[0] == 16  # no duplicated frames from MPEG-TS timestamps
     back, audio_back, _ = read_video(write_video(tmp_path / "mute.mp4", frames))
     assert back.shape[0] == 16 and audio_back.size == 0
 

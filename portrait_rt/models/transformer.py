@@ -376,7 +376,7 @@ class FlowDiT(ModelMixin, ConfigMixin):
         """Per-frame timesteps (B, Tf) -> temb (B, Tf, D) and the AdaLN projection (B, Tf, 6, D)."""
         t_freq = self.timesteps_proj(timestep.flatten()).unflatten(0, timestep.shape)  # (B, Tf, freq_dim)
         temb = self.time_embedder(t_freq.to(self.time_embedder.linear_1.weight.dtype))  # (B, Tf, D)
-        return temb, self.time_proj(F.silu(temb)).unflatten(-1, (6, -1))
+        return temb, self.time_proj(F.silu(temb).to(self.time_proj.weight.dtype)).unflatten(-1, (6, -1))
 
     @staticmethod
     def _frame_timesteps(timestep: torch.Tensor | float, batch_size: int, num_frames: int, device) -> torch.Tensor:
