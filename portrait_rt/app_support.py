@@ -77,10 +77,8 @@ def load_model(choice: ModelChoice, device: str | None = None, dtype: torch.dtyp
     from portrait_rt.generate import load_pipeline
 
     auto_device, auto_dtype = pick_device_dtype()
-    pipe = load_pipeline(choice.model, device or auto_device)
     dtype = dtype or auto_dtype
-    if dtype != pipe.transformer.dtype:
-        pipe.to(dtype=dtype)
+    pipe = load_pipeline(choice.model, device or auto_device, torch_dtype=None if dtype == torch.float32 else dtype)
     pipe.set_progress_bar_config(disable=False)
     return pipe
 
