@@ -39,6 +39,19 @@ def audio_receptive_field(encoder: AudioEncoder) -> int:
     return 1 + sum(block.conv.context for block in encoder.blocks)
 
 
+def load_latent_caches(paths: str) -> dict:
+    """One cache from a comma-separated list of cache files (disjoint clip ranges of one shard store)."""
+    caches = [torch.load(p, weights_only=True) for p in paths.split(",")]
+    merged = dict(caches[0])
+    for c in caches[1:]:
+        if c["store"] != merged["store"] or c["scaling_factor"] != merged["scaling_factor"]:
+            raise ValueError("--latents files must come from the same shard store and the same VAE.")
+        for key in ("latents", "references", "reference_frames"):
+            merged[key] = merged[key] + c[key]
+    merged["clip_indices"] = [i for c in caches for i in c.get("clip_indices", range(len(c["latents"])))]
+    return merged
+
+
 class DiTTrainingModule(nn.Module):
     """FlowDiT + AudioEncoder and the flow-matching loss in one module (one DDP wrapper, one forward)."""
 
@@ -96,7 +109,7 @@ class DiTTrainer(Trainer):
         stream_start_prob: float = 0.25,
         init_from: str | None = None,
     ):
-        self.cache = torch.load(latents, weights_only=True)
+        self.cache = load_latent_caches(latents)
         self.store = ClipStore(self.cache["store"])
         self.preset, self.init_from, self.kv_window = preset, init_from, kv_window
         self.stream_start_prob = stream_start_prob
@@ -130,8 +143,8 @@ class DiTTrainer(Trainer):
         return (z.float() - self.shift) * self.scale
 
     def _audio(self, clip: int, first: int, count: int) -> np.ndarray:
-        """Samples of video frames [first, first + count) of a clip, zeros outside it."""
-        _, audio = self.store.load(clip)
+        """Samples of video frames [first, first + count) of cache entry `clip`, zeros outside the clip."""
+        _, audio = self.store.load(self.cache["clip_indices"][clip])
         out = np.zeros(count * SAMPLES_PER_FRAME, np.float32)
         a, b = max(first, 0), min(first + count, audio.size // SAMPLES_PER_FRAME)
         if b > a:
@@ -180,7 +193,7 @@ class DiTTrainer(Trainer):
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
-    parser.add_argument("--latents", required=True, help="latent cache from `train latents`")
+    parser.add_argument("--latents", required=True, help="latent cache(s) from `train latents`, comma-separated")
     parser.add_argument("--preset", default="demo", help="DiT + audio encoder preset for fresh models")
     parser.add_argument("--init-from", default=None, help="folder with transformer/ and audio_encoder/ to continue")
     parser.add_argument("--window", type=int, default=None, help="latent frames per window (default: kv_window)")

@@ -43,12 +43,19 @@ def encode_clip(vae: CausalVideoVAE, frames: np.ndarray, chunk_latents: int = 4)
 
 @torch.no_grad()
 def cache_latents(
-    vae: CausalVideoVAE, store: ClipStore, path: str | Path, references_per_clip: int = 4, seed: int = 0
+    vae: CausalVideoVAE,
+    store: ClipStore,
+    path: str | Path,
+    references_per_clip: int = 4,
+    seed: int = 0,
+    clips: range | None = None,
 ) -> dict:
-    """Encode every clip of `store`; save and return the cache dict (see the module docstring)."""
+    """Encode the clips of `store` (all, or the indices in `clips`); save and return the cache dict (see the module
+    docstring). Separate processes can encode disjoint ranges into separate files; `train dit` reads them all."""
     vae.eval()
     latents, references, reference_frames = [], [], []
-    for i in range(len(store)):
+    clips = list(clips if clips is not None else range(len(store)))
+    for i in clips:
         frames, _ = store.load(i)
         latents.append(encode_clip(vae, frames).half())
         rng = np.random.default_rng([seed, i])
@@ -65,6 +72,7 @@ def cache_latents(
         "latents": latents,
         "references": references,
         "reference_frames": reference_frames,
+        "clip_indices": clips,  # store index of each entry
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +85,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="clip shard folder")
     parser.add_argument("--output", required=True, help="latent cache file to write (.pt)")
     parser.add_argument("--references-per-clip", type=int, default=4)
+    parser.add_argument("--clips", default=None, help="START:END clip indices to encode (default: all)")
     parser.add_argument("--threads", type=int, default=None)
 
 
@@ -84,6 +93,11 @@ def cli_main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     vae = CausalVideoVAE.from_pretrained(args.vae)
-    cache = cache_latents(vae, ClipStore(args.data), args.output, args.references_per_clip)
+    store = ClipStore(args.data)
+    clips = None
+    if args.clips:
+        start, end = (int(v) if v else None for v in args.clips.split(":"))
+        clips = range(len(store))[slice(start, end)]
+    cache = cache_latents(vae, store, args.output, args.references_per_clip, clips=clips)
     print(f"cached latents of {len(cache['latents'])} clips to {args.output}")
     return 0

@@ -59,13 +59,13 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 class VAETrainingModule(nn.Module):
     """The VAE and its loss in one module, so `accelerate` (DDP, autocast) wraps a single forward."""
 
-    def __init__(self, vae: CausalVideoVAE, kl_weight: float):
+    def __init__(self, vae: CausalVideoVAE, kl_weight: float, sample_posterior: bool = True):
         super().__init__()
-        self.vae, self.kl_weight = vae, kl_weight
+        self.vae, self.kl_weight, self.sample_posterior = vae, kl_weight, sample_posterior
 
     def forward(self, video: torch.Tensor, references: torch.Tensor, generator: torch.Generator):
         """video (B, 3, 1+4n, H, W), references (B, M, 3, H, W) in [-1, 1] -> (loss, logs)."""
-        recon, posterior = self.vae(video, references, sample_posterior=True, generator=generator)
+        recon, posterior = self.vae(video, references, sample_posterior=self.sample_posterior, generator=generator)
         l1 = (recon.float() - video).abs().mean()
         kl = kl_divergence(posterior.mean.float(), posterior.logvar.float())
         with torch.no_grad():
@@ -87,9 +87,11 @@ class VAETrainer(Trainer):
         use_crva: bool = True,
         init_from: str | None = None,
         config_overrides: dict | None = None,
+        sample_posterior: bool = True,
     ):
         self.store = ClipStore(data)
         self.config_overrides = config_overrides or {}
+        self.sample_posterior = sample_posterior
         self.preset, self.kl_weight, self.no_reference_prob = preset, kl_weight, no_reference_prob
         self.use_crva, self.init_from = use_crva, init_from
         self.stages = stages or [(5, config.batch_size, config.max_steps)]
@@ -108,7 +110,7 @@ class VAETrainer(Trainer):
             vae = CausalVideoVAE(**cfg)
         if vae.config.resolution != self.store.resolution:
             raise ValueError(f"VAE resolution {vae.config.resolution} != data resolution {self.store.resolution}.")
-        return VAETrainingModule(vae, self.kl_weight)
+        return VAETrainingModule(vae, self.kl_weight, self.sample_posterior)
 
     def stage(self, step: int) -> tuple[int, int]:
         """(frames, batch) of the progressive stage that `step` falls in."""
@@ -174,6 +176,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the mean KL term")
     parser.add_argument("--no-reference-prob", type=float, default=0.1, help="share of steps with M = 0 references")
     parser.add_argument("--no-crva", action="store_true", help="Table 2 ablation: interpolation without CR-VA")
+    parser.add_argument(
+        "--posterior-mean",
+        action="store_true",
+        help="decode the posterior mean instead of a sample (fast start on CPU budgets: at initialisation the "
+        "posterior's unit variance drowns the latent; the KL term then only regularises the means)",
+    )
     parser.add_argument("--config-json", default=None, help="JSON dict of VAE config values overriding the preset")
 
 
@@ -192,4 +200,5 @@ def build_trainer(args: argparse.Namespace) -> VAETrainer:
         use_crva=not args.no_crva,
         init_from=args.init_from,
         config_overrides=json.loads(args.config_json) if args.config_json else None,
+        sample_posterior=not args.posterior_mean,
     )
