@@ -45,7 +45,7 @@ def stream(enc, audio, seed):
     g = torch.Generator().manual_seed(seed)
     state, pieces, pos = None, [], 0
     while pos < audio.shape[1]:
-        size = int(torch.randint(0, 3 * SPF, (1,), generator=g))
+        size = int(torch.randint(0, 4 * SPF, (1,), generator=g))
         feats, state = enc.encode_chunk(audio[:, pos : pos + size], state)
         pieces.append(feats)
         pos += size
@@ -55,7 +55,7 @@ def stream(enc, audio, seed):
 
 @torch.no_grad()
 @pytest.mark.parametrize("backbone", ["whisper", "wav2vec2"])
-@pytest.mark.parametrize("hop,seed", [(1, 0), (2, 1), (3, 2)])
+@pytest.mark.parametrize("hop,seed", [(1, 0), (3, 1)])
 def test_streaming_equals_offline(backbone, hop, seed):
     enc = make_encoder(backbone, hop_frames=hop)
     g = torch.Generator().manual_seed(seed)
@@ -83,6 +83,7 @@ def test_window_bounds(backbone):
     diff_past = (enc(past) - base).abs().amax(dim=(0, 2))
     assert torch.all(diff_future[:10] == 0) and torch.all(diff_future[10:] > 0)  # look-ahead 2
     assert torch.all(diff_past[:12] > 0) and torch.all(diff_past[12:] == 0)  # 10-frame context
+    assert enc.receptive_field == 12 - 4
 
 
 def test_whisper_log_mel_matches_feature_extractor():
@@ -158,10 +159,10 @@ def test_pipeline_with_pretrained_encoder(portraits, tmp_path):
         audio_encoder=make_encoder("whisper", hop_frames=2),
         scheduler=FlowMatchEulerDiscreteScheduler(**cfg["scheduler"]),
     )
-    x = (speech_like(0.6), SAMPLE_RATE)
+    x = (speech_like(0.36), SAMPLE_RATE)  # 9 frames: blocks of 5 and 4 (+ 4 padding) video frames
     out = pipe(portraits[:1], x, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
-    assert out.frames.shape == (15, 64, 64, 3)
-    chunks = [(x[0][i : i + 3000], SAMPLE_RATE) for i in range(0, x[0].size, 3000)]
+    assert out.frames.shape == (9, 64, 64, 3)
+    chunks = [(x[0][i : i + 1000], SAMPLE_RATE) for i in range(0, x[0].size, 1000)]
     streamed = pipe.stream(portraits[:1], chunks, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
     assert np.array_equal(np.concatenate(list(streamed)), out.frames)
 

@@ -177,6 +177,11 @@ class PretrainedAudioEncoder(ModelMixin, ConfigMixin):
         model.pretrained.load_state_dict({k: v for k, v in source.state_dict().items() if k in own})
         return model.to(source.dtype)
 
+    @property
+    def receptive_field(self) -> int:
+        """Video frames of past audio, its own frame included, that a feature may depend on (for training crops)."""
+        return self.window_frames - self.config.lookahead_frames + self.config.hop_frames - 1
+
     def train(self, mode: bool = True) -> PretrainedAudioEncoder:
         """Train mode for the projection only: the frozen backbone stays in eval mode (no dropout)."""
         super().train(mode)
