@@ -13,6 +13,7 @@ _LAZY = {
     "CausalVideoVAE": "portrait_rt.models.vae",
     "FlowDiT": "portrait_rt.models.transformer",
     "AudioEncoder": "portrait_rt.models.audio_encoder",
+    "PretrainedAudioEncoder": "portrait_rt.models.pretrained_audio_encoder",
 }
 
 __all__ = list(_LAZY)

@@ -33,6 +33,7 @@ from portrait_rt.audio import is_silent, load_audio, read_mono
 from portrait_rt.constants import SAMPLE_RATE, SAMPLES_PER_FRAME, SPATIAL_COMPRESSION
 from portrait_rt.images import load_reference_images
 from portrait_rt.models.audio_encoder import AudioEncoder
+from portrait_rt.models.pretrained_audio_encoder import PretrainedAudioEncoder
 from portrait_rt.models.transformer import FlowDiT
 from portrait_rt.models.vae import CausalVideoVAE
 from portrait_rt.presets import get_preset
@@ -70,8 +71,9 @@ def cfg_combine(v: torch.Tensor, guidance_audio: float, guidance_reference: floa
 class PortraitRTPipeline(DiffusionPipeline):
     """Audio-driven talking portraits from 1-3 reference images (the paper's VAE + blockwise autoregressive DiT).
 
-    Components: `vae` (`CausalVideoVAE`), `transformer` (`FlowDiT`), `audio_encoder` (`AudioEncoder` or a pretrained
-    wrapper), `scheduler` (`FlowMatchEulerDiscreteScheduler`, shift 5).
+    Components: `vae` (`CausalVideoVAE`), `transformer` (`FlowDiT`), `audio_encoder` (the built-in `AudioEncoder`
+    or `PretrainedAudioEncoder`, a frozen Whisper / wav2vec2), `scheduler` (`FlowMatchEulerDiscreteScheduler`,
+    shift 5).
     """
 
     model_cpu_offload_seq = "audio_encoder->transformer->vae"
@@ -80,7 +82,7 @@ class PortraitRTPipeline(DiffusionPipeline):
         self,
         vae: CausalVideoVAE,
         transformer: FlowDiT,
-        audio_encoder: AudioEncoder,
+        audio_encoder: AudioEncoder | PretrainedAudioEncoder,
         scheduler: FlowMatchEulerDiscreteScheduler,
     ):
         super().__init__()
