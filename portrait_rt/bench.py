@@ -36,6 +36,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=0.0, help="stream this long and report flatness")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--compile", default=None, help="torch.compile backend for the per-block paths (inductor)")
+    parser.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead (CUDA graphs), max-autotune")
     parser.add_argument("--out", default=None, help="also write the JSON here")
 
 
@@ -100,6 +102,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     pipe = load_pipeline(args.model, args.device, torch_dtype=None if dtype == torch.float32 else dtype)
+    if args.compile:
+        pipe.compile_streaming(backend=args.compile, mode=args.compile_mode)
     guidance = 1.0 if args.no_guidance else args.guidance
     res = pipe.resolution
     refs = [np.random.default_rng(i).integers(0, 255, (res, res, 3), dtype=np.uint8) for i in range(2)]
@@ -165,6 +169,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "device_kind": args.device,
         "threads": torch.get_num_threads(),
         "dtype": args.dtype,
+        "compile": args.compile,
+        "compile_mode": args.compile_mode,
         "resolution": res,
         "steps": args.steps,
         "guidance": guidance,

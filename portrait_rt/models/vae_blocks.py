@@ -64,7 +64,8 @@ class CausalConv3d(nn.Module):
         if cache is not None:
             x[:, :, : self.time_pad, ph : ph + h, pw : pw + w] = cache
         new_cache = x[:, :, -self.time_pad :, ph : ph + h, pw : pw + w].clone()
-        if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        eager_cpu = x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
+        if eager_cpu and torch.backends.mkldnn.is_available():
             # PyTorch routes batch-1 conv3d with a small N*C*T*H to its slow native kernel; oneDNN is up to 4x
             # faster there (same op `Conv3d` would pick for larger inputs, differentiable).
             if self.conv.out_channels < 8:  # the RGB head: oneDNN is ~2x faster on channels-last input here
