@@ -187,7 +187,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "realtime": result["fps_per_stream"] >= FPS,
     }
     if args.minutes > 0:
-        # Means per minute of video (or less) over the whole stream: time and memory must stay flat (KV window bounds both).
+        # Means per minute of video over the whole stream: time and memory must stay flat (the KV window bounds both).
         window_min = min(1.0, args.minutes)
         blocks_per_window = max(1, round(window_min * 60 * FPS / block_frames))
         start = time.perf_counter()
