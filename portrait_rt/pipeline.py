@@ -178,13 +178,13 @@ class PortraitRTPipeline(DiffusionPipeline):
         z_r = (z_r - self.vae.config.shift_factor) * self.vae.config.scaling_factor
 
         # CFG rows: [full] + [no-audio] + [no-reference]; a branch whose scale is 1 is not computed at all.
-        drop_audio, drop_reference = [False], [False]
+        branches = [(False, False)]  # (drop audio, drop references) per row
         if guidance_audio != 1.0:
-            drop_audio.append(True), drop_reference.append(False)
+            branches.append((True, False))
         if guidance_reference != 1.0:
-            drop_audio.append(False), drop_reference.append(True)
-        rows = len(drop_audio)
-        drop_audio = torch.tensor(drop_audio, device=device)
+            branches.append((False, True))
+        rows = len(branches)
+        drop_audio, drop_reference = torch.tensor(branches, device=device).T  # (rows,) each
         h = w = self.resolution // SPATIAL_COMPRESSION
         cache = self.transformer.init_kv_cache(
             rows,
@@ -198,7 +198,7 @@ class PortraitRTPipeline(DiffusionPipeline):
         self.transformer.prefill_references(
             cache,
             z_r.to(dtype).expand(rows, *z_r.shape[1:]),
-            drop_reference=torch.tensor(drop_reference, device=device),
+            drop_reference=drop_reference,
         )
         scheduler = copy.deepcopy(self.scheduler)
         return StreamState(
