@@ -144,6 +144,7 @@ def metrics_table(metrics: dict) -> str:
         ("lipsync_r", "lip-sync r (mean over held-out clips)", ">= 0.8"),
         ("lipsync_offset", "lip-sync offset (frames, median)", "|offset| <= 1"),
         ("lipsync_r_ground_truth", "lip-sync r of ground-truth renders (ceiling)", "~0.95"),
+        ("lipsync_r_vae_reconstruction", "lip-sync r of VAE reconstructions (the DiT's ceiling)", "~0.95"),
         ("mouth_silence", "mouth opening in silence / in speech", "closed (<< 1)"),
         ("drift_drop_db", "background PSNR drop, first -> last 10 s window", "~0 (no drift)"),
         ("drift_minutes", "stream length for the drift figure (min)", "5"),

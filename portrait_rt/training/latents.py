@@ -63,8 +63,8 @@ def cache_latents(
         images = frames_to_tensor(frames[picks])[None].to(vae.device, vae.dtype)  # (1, K, 3, H, W)
         references.append(vae.encode_reference(images)[1][0].float().cpu().half())  # (K, 64, h, w)
         reference_frames.append(picks.tolist())
-        if (i + 1) % 20 == 0:
-            logger.info("encoded %d / %d clips", i + 1, len(store))
+        if len(latents) % 20 == 0:
+            logger.info("encoded %d / %d clips", len(latents), len(clips))
     cache = {
         "store": str(Path(store.root).resolve()),
         "shift_factor": float(vae.config.shift_factor),
