@@ -59,26 +59,14 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 class VAETrainingModule(nn.Module):
     """The VAE and its loss in one module, so `accelerate` (DDP, autocast) wraps a single forward."""
 
-    def __init__(
-        self, vae: CausalVideoVAE, kl_weight: float, sample_posterior: bool = True, motion_weight: float = 0.0
-    ):
+    def __init__(self, vae: CausalVideoVAE, kl_weight: float, sample_posterior: bool = True):
         super().__init__()
         self.vae, self.kl_weight, self.sample_posterior = vae, kl_weight, sample_posterior
-        self.motion_weight = motion_weight
 
     def forward(self, video: torch.Tensor, references: torch.Tensor, generator: torch.Generator):
-        """video (B, 3, 1+4n, H, W), references (B, M, 3, H, W) in [-1, 1] -> (loss, logs).
-
-        With `motion_weight` > 0 the L1 weights each pixel by 1 + motion_weight * |frame - mean reference| (the
-        "dynamic information" the references cannot give: mouth, blinks, pose), so the few pixels that move are not
-        drowned by the many the references already explain.
-        """
+        """video (B, 3, 1+4n, H, W), references (B, M, 3, H, W) in [-1, 1] -> (loss, logs)."""
         recon, posterior = self.vae(video, references, sample_posterior=self.sample_posterior, generator=generator)
-        weight = 1.0
-        if self.motion_weight > 0 and references is not None and references.shape[1] > 0:
-            motion = (video - references.mean(1).unsqueeze(2)).abs().mean(1, keepdim=True)  # (B, 1, T, H, W)
-            weight = 1.0 + self.motion_weight * motion
-        l1 = (weight * (recon.float() - video).abs()).mean()
+        l1 = (recon.float() - video).abs().mean()
         kl = kl_divergence(posterior.mean.float(), posterior.logvar.float())
         with torch.no_grad():
             psnr = -10 * torch.log10(((recon.float().clamp(-1, 1) - video) / 2).square().mean().clamp_min(1e-10))
@@ -100,10 +88,8 @@ class VAETrainer(Trainer):
         init_from: str | None = None,
         config_overrides: dict | None = None,
         sample_posterior: bool = True,
-        motion_weight: float = 0.0,
     ):
         self.store = ClipStore(data)
-        self.motion_weight = motion_weight
         self.config_overrides = config_overrides or {}
         self.sample_posterior = sample_posterior
         self.preset, self.kl_weight, self.no_reference_prob = preset, kl_weight, no_reference_prob
@@ -124,7 +110,7 @@ class VAETrainer(Trainer):
             vae = CausalVideoVAE(**cfg)
         if vae.config.resolution != self.store.resolution:
             raise ValueError(f"VAE resolution {vae.config.resolution} != data resolution {self.store.resolution}.")
-        return VAETrainingModule(vae, self.kl_weight, self.sample_posterior, self.motion_weight)
+        return VAETrainingModule(vae, self.kl_weight, self.sample_posterior)
 
     def stage(self, step: int) -> tuple[int, int]:
         """(frames, batch) of the progressive stage that `step` falls in."""
@@ -190,7 +176,6 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the mean KL term")
     parser.add_argument("--no-reference-prob", type=float, default=0.1, help="share of steps with M = 0 references")
     parser.add_argument("--no-crva", action="store_true", help="Table 2 ablation: interpolation without CR-VA")
-    parser.add_argument("--motion-weight", type=float, default=0.0, help="L1 weight on pixels unlike the references")
     parser.add_argument(
         "--posterior-mean",
         action="store_true",
@@ -216,5 +201,4 @@ def build_trainer(args: argparse.Namespace) -> VAETrainer:
         init_from=args.init_from,
         config_overrides=json.loads(args.config_json) if args.config_json else None,
         sample_posterior=not args.posterior_mean,
-        motion_weight=args.motion_weight,
     )
