@@ -183,7 +183,7 @@ class Trainer:
         """Run (or continue) training to `max_steps`; returns this invocation's per-step history."""
         cfg, acc = self.config, self.accelerator
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if acc.is_main_process:
+        if acc.is_main_process and not cfg.finalize:
             (self.output_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
             if acc.log_with:
                 acc.init_trackers("portrait-rt")

@@ -79,8 +79,10 @@ def model_card(pipe: PortraitRTPipeline, vae_run: dict, dit_run: dict, metrics: 
 
     def steps(run: dict) -> str:
         last, cfg = run.get("last", {}), run.get("config", {})
+        stages = cfg.get("extra", {}).get("stages")
+        batch = ", ".join(f"{f} frames x {b} for {n}" for f, b, n in stages) if stages else cfg.get("batch_size", "?")
         return (
-            f"{last.get('step', '?')} steps, batch {cfg.get('batch_size', '?')}, lr {cfg.get('learning_rate', '?')}, "
+            f"{last.get('step', '?')} steps, batch {batch}, lr {cfg.get('learning_rate', '?')}, "
             f"{run.get('wall_minutes', '?')} min wall-clock, last loss {last.get('loss', float('nan')):.4f}"
         )
 
@@ -123,8 +125,10 @@ def model_card(pipe: PortraitRTPipeline, vae_run: dict, dit_run: dict, metrics: 
     ]
     if metrics:
         lines += ["## Metrics (held-out voices and identities)", "", metrics_table(metrics), ""]
-        if metrics.get("command"):
-            lines += [f"Produced by: `{metrics['command']}`", ""]
+        commands = metrics.get("command") or []
+        commands = [commands] if isinstance(commands, str) else commands
+        if commands:
+            lines += ["Produced by:", "", *[f"- `{c}`" for c in commands], ""]
     lines += [
         "## Limits",
         "",
@@ -142,7 +146,7 @@ def metrics_table(metrics: dict) -> str:
     rows = [("metric", "value", "target")]
     for key, label, target in (
         ("lipsync_r", "lip-sync r (mean over held-out clips)", ">= 0.8"),
-        ("lipsync_offset", "lip-sync offset (frames, median)", "|offset| <= 1"),
+        ("lipsync_offset", "lip-sync offset (frames, median; meaningless at r = 0)", "within +-1"),
         ("lipsync_r_ground_truth", "lip-sync r of ground-truth renders (ceiling)", "~0.95"),
         ("lipsync_r_vae_reconstruction", "lip-sync r of VAE reconstructions (the DiT's ceiling)", "~0.95"),
         ("mouth_silence", "mouth opening in silence / in speech", "closed (<< 1)"),
@@ -152,7 +156,8 @@ def metrics_table(metrics: dict) -> str:
     ):
         if key in metrics:
             value = metrics[key]
-            rows.append((label, f"{value:.3f}" if isinstance(value, float) else str(value), target))
+            text = f"{value:.3f}" if isinstance(value, float) and not float(value).is_integer() else f"{value:g}"
+            rows.append((label, text, target))
     for m, v in sorted(metrics.get("vae_psnr_by_references", {}).items()):
         rows.append((f"VAE PSNR, M = {m} references", f"{v:.2f} dB", "rises with M"))
     for name, v in metrics.get("cfg", {}).items():

@@ -96,6 +96,7 @@ class VAETrainer(Trainer):
         self.use_crva, self.init_from = use_crva, init_from
         self.stages = stages or [(5, config.batch_size, config.max_steps)]
         config.max_steps = sum(s for _, _, s in self.stages)
+        config.extra = {**config.extra, "stages": [list(s) for s in self.stages]}
         shortest = min(self.store.num_frames(i) for i in range(len(self.store)))
         if shortest < max(f for f, _, _ in self.stages):
             raise ValueError(f"Clips of {shortest} frames are shorter than the longest stage; shorten --stages.")
