@@ -27,20 +27,20 @@ VAE_PRESETS: dict[str, dict] = {
         "ref_num_attention_heads": 16,
         "ref_attention_head_dim": 64,
     },
-    # CPU demo at 128²: 16 channels and no ResBlocks at H and H/2 (decode speed, about 0.8 GFLOP per frame), the
-    # width and the ResBlocks at H/4..H/16 where they are cheap.
+    # The bundled CPU demo at 128² (assets/portrait-rt-demo): 8 channels and no ResBlocks at H and H/2 (decode speed),
+    # the width and the ResBlocks at H/4..H/16 where they are cheap; narrow enough to train on a shared 2-core CPU.
     "demo": {
         "resolution": 128,
-        "block_out_channels": [16, 32, 64, 128],
-        "feature_channels": 128,
-        "latent_block_out_channels": [128, 128],
+        "block_out_channels": [8, 16, 32, 64],
+        "feature_channels": 64,
+        "latent_block_out_channels": [64, 64],
         "layers_per_block": [0, 0, 1, 1],
         "latent_layers_per_block": 1,
-        "decoder_block_out_channels": [16, 16, 32, 128],
-        "decoder_latent_block_out_channels": [128, 128],
+        "decoder_block_out_channels": [8, 16, 32, 64],
+        "decoder_latent_block_out_channels": [64, 64],
         "decoder_layers_per_block": [0, 0, 1, 2],
         "ref_num_layers": 2,
-        "ref_num_attention_heads": 4,
+        "ref_num_attention_heads": 2,
         "ref_attention_head_dim": 32,
     },
     # Tests: 64², a few thousand parameters per stage.
@@ -65,10 +65,11 @@ TRANSFORMER_PRESETS: dict[str, dict] = {
         "audio_dim": 768, "audio_embed_dim": 128, "num_layers": 24, "num_attention_heads": 12,
         "attention_head_dim": 128, "ffn_dim": 10240, "freq_dim": 256, "block_size": 4, "kv_window": 32,
     },
-    # CPU real time at 128² (2x2 latent pixels): 12 steps x 3 CFG rows + the t=0 pass in ~0.12 s on 2 cores.
+    # CPU real time at 128² (2x2 latent pixels): 12 steps x 3 CFG rows + the t=0 pass in ~0.12 s on 2 cores. KV
+    # window 16 latent frames (the bundled demo; a quarter of the training attention cost of the paper's 32).
     "demo": {
         "audio_dim": 128, "audio_embed_dim": 32, "num_layers": 4, "num_attention_heads": 4,
-        "attention_head_dim": 64, "ffn_dim": 1024, "freq_dim": 128, "block_size": 4, "kv_window": 32,
+        "attention_head_dim": 64, "ffn_dim": 1024, "freq_dim": 128, "block_size": 4, "kv_window": 16,
     },
     "tiny": {
         "audio_dim": 8, "audio_embed_dim": 8, "num_layers": 2, "num_attention_heads": 2,
