@@ -1,6 +1,8 @@
 """Training on the tiny preset: each trainer, exact resume, a 2-process CPU run, export; and the bundled model."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -148,10 +150,15 @@ def _ddp_train_then_resume(latents: str, out: str) -> None:
 def test_two_process_cpu_run_trains_and_resumes(latents, tmp_path):
     """Two CPU processes (DDP over gloo, what `accelerate launch --num_processes 2 --cpu` starts) train 2 steps;
     a new trainer then resumes from the checkpoint and runs step 3 only."""
-    from accelerate import debug_launcher
-
     out = tmp_path / "ddp"
-    debug_launcher(_ddp_train_then_resume, (str(latents), str(out)), num_processes=2)
+    # From a fresh interpreter: forking this pytest process, whose OpenMP thread pool earlier tests started, can
+    # deadlock the children in their first parallel region.
+    code = (
+        "import sys; from accelerate import debug_launcher; from tests.test_training import _ddp_train_then_resume; "
+        "debug_launcher(_ddp_train_then_resume, (sys.argv[1], sys.argv[2]), num_processes=2)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code, str(latents), str(out)], cwd=root, check=True, timeout=600)
     assert json.loads((out / "history_2.json").read_text()) == [1, 2]
     assert json.loads((out / "history_3.json").read_text()) == [3]  # resumed, not restarted
     logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
