@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from portrait_rt.constants import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
 from portrait_rt.models.vae import CausalVideoVAE
