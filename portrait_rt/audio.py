@@ -45,10 +45,8 @@ def to_float_mono(samples: np.ndarray, allow_empty: bool = False) -> np.ndarray:
     NaN/inf samples (a glitching microphone) are replaced by silence.
     """
     samples = np.asarray(samples)
-    if samples.dtype == object or not (np.issubdtype(samples.dtype, np.number) or samples.dtype == bool):
-        raise ValueError(f"Audio samples must be a numeric array, got dtype {samples.dtype}.")
-    if samples.dtype == bool:
-        raise ValueError("Audio samples are booleans; pass PCM samples (int16 or float).")
+    if samples.dtype.kind not in "uif":
+        raise ValueError(f"Audio samples must be a numeric array of PCM (int16 or float), got dtype {samples.dtype}.")
     if samples.ndim not in (1, 2):
         raise ValueError(f"Audio must be 1-D (N,) or 2-D (N, C), got shape {samples.shape}.")
     if samples.size == 0:
