@@ -203,11 +203,6 @@ class LiveStream:
         self.segments: list[Path] = []
         self.first_audio: float | None = None  # time.monotonic() of the first chunk: the live clock's zero
 
-    @property
-    def audio_seconds(self) -> float:
-        """Seconds of audio received so far."""
-        return self.audio.total_samples / SAMPLE_RATE
-
     def feed(self, samples: np.ndarray, sample_rate: int) -> list[Path]:
         """Add a microphone chunk (any dtype, rate and size); return the segments it completed."""
         if self.first_audio is None:

@@ -14,10 +14,3 @@ def video_frames_for_latents(num_latent_frames: int, first: bool = True) -> int:
     if num_latent_frames <= 0:
         return 0
     return 1 + TEMPORAL_COMPRESSION * (num_latent_frames - 1) if first else TEMPORAL_COMPRESSION * num_latent_frames
-
-
-def latent_frames_for_video(num_video_frames: int) -> int:
-    """Latent frames that cover `num_video_frames` video frames from the start of a stream (ceil)."""
-    if num_video_frames <= 0:
-        return 0
-    return 1 + -(-(num_video_frames - 1) // TEMPORAL_COMPRESSION)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from portrait_rt.audio import AudioStreamBuffer
-from portrait_rt.constants import TEMPORAL_COMPRESSION
+from portrait_rt.constants import video_frames_for_latents
 
 
 @dataclass
@@ -63,8 +63,7 @@ class StreamState:
     def block_video_frames(self, block_index: int | None = None) -> int:
         """Video frames in block `block_index`: 1 + 4(k-1) for the stream's first block, 4k afterwards."""
         i = self.block_index if block_index is None else block_index
-        k = self.block_size
-        return 1 + TEMPORAL_COMPRESSION * (k - 1) if i == 0 else TEMPORAL_COMPRESSION * k
+        return video_frames_for_latents(self.block_size, first=i == 0)
 
     @property
     def num_branches(self) -> int:

@@ -244,10 +244,6 @@ class KVCache:
         """Tokens taken by the references at the start of the cache."""
         return self.num_references * self.tokens_per_frame
 
-    def start_new_stream(self) -> None:
-        """Forget the video frames (keep the reference KV): the next block is a stream's first block."""
-        self.num_frames, self.stream_start = 0, True
-
 
 class FlowDiT(ModelMixin, ConfigMixin):
     r"""Blockwise-causal rectified-flow DiT G (paper §3.2): predicts the velocity v = eps - z0 of video latents.
