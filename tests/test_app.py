@@ -19,12 +19,12 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import playwright.sync_api as playwright  # a dev requirement: a missing browser stack fails, never skips
 import pytest
 import soundfile as sf
 from PIL import Image
 
 pytestmark = pytest.mark.browser
-playwright = pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
