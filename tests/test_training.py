@@ -13,7 +13,7 @@ from portrait_rt.data.shards import ClipStore, write_synthetic_shards
 from portrait_rt.training.common import TrainConfig
 from portrait_rt.training.dit import DiTTrainer
 from portrait_rt.training.latents import cache_latents, encode_clip
-from portrait_rt.training.vae import VAETrainer, parse_stages
+from portrait_rt.training.vae import VAETrainer, mouth_region, parse_stages
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "portrait-rt-demo"
@@ -66,6 +66,47 @@ def test_vae_trainer_steps_and_latent_normalisation(trained_vae):
     assert vae.config.scaling_factor != 1.0 and vae.config.shift_factor != 0.0
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [1, 2, 3] and "psnr" in logged[0]
+
+
+def test_mouth_region_finds_the_mouth_interior(shards):
+    from portrait_rt.data.synthetic import MOUTH_INTERIOR_RGB
+    from portrait_rt.training.vae import frames_to_tensor
+
+    frames, _ = shards.load(0)
+    video = frames_to_tensor(frames).movedim(0, 1)[None]  # (1, 3, T, H, W)
+    mask = mouth_region(video)
+    assert mask.shape == (1, 1, *video.shape[2:]) and 0 <= mask.min() and mask.max() == 1
+    assert 0 < mask.mean() < 0.05  # the mouth only, in the frames where it is open
+    # A single key-coloured pixel: 1 on it, dilated to a 7x7 square (3 px), nothing elsewhere.
+    blank = torch.zeros(1, 3, 1, 16, 16)
+    blank[0, :, 0, 8, 8] = torch.tensor(MOUTH_INTERIOR_RGB) / 127.5 - 1
+    m = mouth_region(blank)[0, 0, 0]
+    assert m[8, 8] == 1 and m[5:12, 5:12].min() == 1 and m.sum() == 49
+    # Found in the reconstruction too (a mouth drawn where the target has none is penalised).
+    assert mouth_region(torch.zeros_like(blank), blank).sum() == 49
+
+
+def test_vae_mouth_losses_log_train_and_stay_out_of_the_vae(shards, tmp_path):
+    from safetensors.torch import load_file
+
+    config = _vae_config(tmp_path)
+    trainer = VAETrainer(config, shards.root, preset="tiny", stages=[(5, 2, 2)], mouth_weight=30, mouth_probe_weight=1)
+    history = trainer.train()
+    assert all(np.isfinite(r["loss"]) and r["loss"] > r["l1"] and r["mouth_l1"] > 0 for r in history)
+    assert all(r["mouth_probe"] > 0 for r in history)
+    saved = load_file(tmp_path / "vae" / "diffusion_pytorch_model.safetensors")
+    assert not any("mouth_probe" in k for k in saved)  # the probe is a training aid, discarded with the module
+    with pytest.raises(ValueError, match="mouth-weight"):
+        VAETrainer(_vae_config(tmp_path / "x"), shards.root, preset="tiny", stages=[(5, 2, 2)], mouth_weight=-1)
+
+
+def test_mouth_area_counts_the_interior_per_frame():
+    from portrait_rt.data.synthetic import MOUTH_INTERIOR_RGB
+    from portrait_rt.training.vae import MOUTH_AREA_SCALE, mouth_area
+
+    video = torch.zeros(1, 3, 3, 16, 16)
+    video[0, :, 1, 4:6, 4:8] = torch.tensor(MOUTH_INTERIOR_RGB).view(3, 1, 1) / 127.5 - 1  # 8 pixels in frame 1
+    torch.testing.assert_close(mouth_area(video), torch.tensor([[0.0, 8 / 256 / MOUTH_AREA_SCALE, 0.0]]))
 
 
 def test_resume_equals_uninterrupted(shards, tmp_path):

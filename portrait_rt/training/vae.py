@@ -9,13 +9,15 @@ Progressive clip length: `stages` such as "5x8:1200,17x4:400" train 1200 steps o
 400 on 17-frame clips (batch 4), as the paper goes 5 -> 17 -> 73 frames. `--no-crva` trains the Table 2
 "w/o CR-VA" ablation.
 
-Mouth weighting (`--mouth-weight W`, for the synthetic corpus): the mouth interior is a few hundred of 16k pixels,
-so plain L1 spends almost nothing on what lip-sync is about. With W > 0 the L1 of the pixels in and around the mouth
-interior (the corpus's reserved colour, found in the target and in the reconstruction, dilated by 3 px) counts
-1 + W times; in videos without that colour the loss is plain L1.
-
-At the end the trainer encodes clips with the EMA weights and sets `shift_factor` / `scaling_factor` in the VAE
-config from the latents' mean and std, so the DiT sees roughly unit-variance latents: `(z - shift) * scale`.
+Mouth losses for the synthetic corpus (not in the paper; for CPU budgets). The mouth interior is ~1% of the pixels
+and a 64x-compressed latent learns to carry it only after very many plain-L1 steps (the per-pixel median of a mouth
+that is mostly closed is a closed mouth), so the lip-sync the DiT can reach stays at zero for a long time.
+- `--mouth-weight W`: the L1 of the pixels in and around the mouth interior (the corpus's reserved colour, found in
+  the target and in the reconstruction, dilated by 3 px) counts 1 + W times.
+- `--mouth-probe-weight P`: a linear probe from the posterior mean to each frame's mouth-interior area, trained
+  with the VAE (MSE, weight P; its gradient reaches the encoder) and discarded afterwards: it makes the latent carry
+  the mouth opening linearly, which the decoder and the DiT then use.
+In videos without the reserved colour both reduce to the plain loss (the probe then learns that the area is 0).
 """
 
 from __future__ import annotations
@@ -79,6 +81,14 @@ def mouth_region(*videos: torch.Tensor, dilate: int = 3) -> torch.Tensor:
     return F.max_pool3d(torch.stack(masks).amax(0), (1, k, k), stride=1, padding=(0, dilate, dilate))
 
 
+MOUTH_AREA_SCALE = 0.004  # the mouth interior's share of the frame when wide open (~0.6%) maps to ~1.5
+
+
+def mouth_area(video: torch.Tensor) -> torch.Tensor:
+    """Per-frame mouth-interior area (B, T) of `video` (B, 3, T, H, W): its share of the frame / `MOUTH_AREA_SCALE`."""
+    return mouth_region(video, dilate=0).mean(dim=(1, 3, 4)) / MOUTH_AREA_SCALE
+
+
 class VAETrainingModule(nn.Module):
     """The VAE and its loss in one module, so `accelerate` (DDP, autocast) wraps a single forward."""
 
@@ -90,10 +100,13 @@ class VAETrainingModule(nn.Module):
         mouth_weight: float = 0.0,
         lpips: LPIPS | None = None,
         lpips_weight: float = 0.0,
+        mouth_probe_weight: float = 0.0,
     ):
         super().__init__()
         self.vae, self.kl_weight, self.sample_posterior = vae, kl_weight, sample_posterior
-        self.mouth_weight = mouth_weight
+        self.mouth_weight, self.mouth_probe_weight = mouth_weight, mouth_probe_weight
+        # 4 outputs per latent frame: the areas of its 4 video frames (the first latent frame: frame 0, 4 times).
+        self.mouth_probe = nn.Conv3d(vae.config.latent_channels, 4, 1) if mouth_probe_weight > 0 else None
         # A plain tuple, not a submodule: the frozen LPIPS stays out of state_dict, checkpoints, EMA and the VAE.
         self._lpips = (lpips,) if lpips is not None else ()
         self.lpips_weight = lpips_weight
@@ -108,6 +121,13 @@ class VAETrainingModule(nn.Module):
             mouth = mouth_region(video, recon)
             logs["mouth_l1"] = (error * mouth).sum() / (3 * mouth.sum()).clamp_min(1.0)
             l1 = l1 + self.mouth_weight * (error * mouth).mean()
+        if self.mouth_probe is not None:
+            area = mouth_area(video)  # (B, 1 + 4n)
+            area = torch.cat([area[:, :1].expand(-1, 3), area], dim=1).unflatten(1, (-1, 4))  # (B, n + 1, 4)
+            predicted = self.mouth_probe(posterior.mean.float()).sum(dim=(3, 4)).transpose(1, 2)  # (B, n + 1, 4)
+            probe = F.mse_loss(predicted, area)
+            logs["mouth_probe"] = probe.detach()
+            l1 = l1 + self.mouth_probe_weight * probe
         if self._lpips and self.lpips_weight > 0:
             frames = [v.float().movedim(2, 1).flatten(0, 1) for v in (recon, video)]  # (B*T, 3, H, W) each
             lpips = self._lpips[0](*frames).mean()
@@ -136,6 +156,7 @@ class VAETrainer(Trainer):
         config_overrides: dict | None = None,
         sample_posterior: bool = True,
         mouth_weight: float = 0.0,
+        mouth_probe_weight: float = 0.0,
         lpips_weight: float = 0.0,
         lpips_backbone: str | None = None,
         lpips_heads: str | None = None,
@@ -149,9 +170,10 @@ class VAETrainer(Trainer):
                 "package's weights/v0.1/vgg.pth), or leave --lpips-weight at 0."
             )
         self.lpips_weight, self.lpips_backbone, self.lpips_heads = lpips_weight, lpips_backbone, lpips_heads
-        if mouth_weight < 0:
-            raise ValueError(f"--mouth-weight must be >= 0, got {mouth_weight}.")
-        self.mouth_weight = mouth_weight
+        if mouth_weight < 0 or mouth_probe_weight < 0:
+            raise ValueError(f"--mouth-weight and --mouth-probe-weight must be >= 0, got {mouth_weight}, "
+                             f"{mouth_probe_weight}.")  # fmt: skip
+        self.mouth_weight, self.mouth_probe_weight = mouth_weight, mouth_probe_weight
         self.store = ClipStore(data)
         self.config_overrides = config_overrides or {}
         self.sample_posterior = sample_posterior
@@ -178,7 +200,13 @@ class VAETrainer(Trainer):
         if self.lpips_weight > 0:  # frozen and outside the module, so `prepare` does not move it: place it here
             lpips = LPIPS.from_files(self.lpips_backbone, self.lpips_heads).to(self.accelerator.device)
         return VAETrainingModule(
-            vae, self.kl_weight, self.sample_posterior, self.mouth_weight, lpips, self.lpips_weight
+            vae,
+            self.kl_weight,
+            self.sample_posterior,
+            self.mouth_weight,
+            lpips,
+            self.lpips_weight,
+            self.mouth_probe_weight,
         )
 
     def stage(self, step: int) -> tuple[int, int]:
@@ -264,6 +292,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "--lpips-backbone", default=None, help="torchvision vgg16 ImageNet state dict (.pth), copied locally"
     )
     parser.add_argument("--lpips-heads", default=None, help="the lpips package's weights/v0.1/vgg.pth, copied locally")
+    parser.add_argument(
+        "--mouth-probe-weight",
+        type=float,
+        default=0.0,
+        help="weight of a linear latent -> mouth-area probe loss (synthetic corpus; see the module docstring)",
+    )
     parser.add_argument("--config-json", default=None, help="JSON dict of VAE config values overriding the preset")
 
 
@@ -284,6 +318,7 @@ def build_trainer(args: argparse.Namespace) -> VAETrainer:
         config_overrides=json.loads(args.config_json) if args.config_json else None,
         sample_posterior=not args.posterior_mean,
         mouth_weight=args.mouth_weight,
+        mouth_probe_weight=args.mouth_probe_weight,
         lpips_weight=args.lpips_weight,
         lpips_backbone=args.lpips_backbone,
         lpips_heads=args.lpips_heads,
