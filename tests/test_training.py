@@ -100,6 +100,18 @@ def test_vae_mouth_losses_log_train_and_stay_out_of_the_vae(shards, tmp_path):
         VAETrainer(_vae_config(tmp_path / "x"), shards.root, preset="tiny", stages=[(5, 2, 2)], mouth_weight=-1)
 
 
+def test_freeze_encoder_trains_the_decoder_only(trained_vae, shards, tmp_path):
+    from safetensors.torch import load_file
+
+    out, _ = trained_vae
+    config = _vae_config(tmp_path, ema_decay=0.0)
+    VAETrainer(config, shards.root, init_from=str(out / "vae"), stages=[(5, 2, 2)], freeze_encoder=True).train()
+    before, after = (load_file(p / "diffusion_pytorch_model.safetensors") for p in (out / "vae", tmp_path / "vae"))
+    unchanged = {name: torch.equal(w, before[name]) for name, w in after.items()}
+    assert all(same for name, same in unchanged.items() if name.startswith("encoder_"))  # the latent space stays
+    assert not all(same for name, same in unchanged.items() if name.startswith("decoder_2"))  # the decoder trains
+
+
 def test_mouth_area_counts_the_interior_per_frame():
     from portrait_rt.data.synthetic import MOUTH_INTERIOR_RGB
     from portrait_rt.training.vae import MOUTH_AREA_SCALE, mouth_area

@@ -18,6 +18,10 @@ that is mostly closed is a closed mouth), so the lip-sync the DiT can reach stay
   with the VAE (MSE, weight P; its gradient reaches the encoder) and discarded afterwards: it makes the latent carry
   the mouth opening linearly, which the decoder and the DiT then use.
 In videos without the reserved colour both reduce to the plain loss (the probe then learns that the area is 0).
+
+Decoder fine-tuning (`--freeze-encoder`): E1 and E2 stay fixed and only D1, Dref and D2 train, as Stable
+Diffusion's VAE decoders were fine-tuned: the latent space does not move, so latents cached for the DiT stay valid
+and the DiT can train on them while the decoder improves.
 """
 
 from __future__ import annotations
@@ -157,6 +161,7 @@ class VAETrainer(Trainer):
         sample_posterior: bool = True,
         mouth_weight: float = 0.0,
         mouth_probe_weight: float = 0.0,
+        freeze_encoder: bool = False,
         lpips_weight: float = 0.0,
         lpips_backbone: str | None = None,
         lpips_heads: str | None = None,
@@ -174,6 +179,7 @@ class VAETrainer(Trainer):
             raise ValueError(f"--mouth-weight and --mouth-probe-weight must be >= 0, got {mouth_weight}, "
                              f"{mouth_probe_weight}.")  # fmt: skip
         self.mouth_weight, self.mouth_probe_weight = mouth_weight, mouth_probe_weight
+        self.freeze_encoder = freeze_encoder
         self.store = ClipStore(data)
         self.config_overrides = config_overrides or {}
         self.sample_posterior = sample_posterior
@@ -196,6 +202,9 @@ class VAETrainer(Trainer):
             vae = CausalVideoVAE(**cfg)
         if vae.config.resolution != self.store.resolution:
             raise ValueError(f"VAE resolution {vae.config.resolution} != data resolution {self.store.resolution}.")
+        if self.freeze_encoder:
+            vae.encoder_1.requires_grad_(False)
+            vae.encoder_2.requires_grad_(False)
         lpips = None
         if self.lpips_weight > 0:  # frozen and outside the module, so `prepare` does not move it: place it here
             lpips = LPIPS.from_files(self.lpips_backbone, self.lpips_heads).to(self.accelerator.device)
@@ -298,6 +307,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="weight of a linear latent -> mouth-area probe loss (synthetic corpus; see the module docstring)",
     )
+    parser.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="train the decoder only (D1, Dref, D2): latents cached for the DiT stay valid (module docstring)",
+    )
     parser.add_argument("--config-json", default=None, help="JSON dict of VAE config values overriding the preset")
 
 
@@ -319,6 +333,7 @@ def build_trainer(args: argparse.Namespace) -> VAETrainer:
         sample_posterior=not args.posterior_mean,
         mouth_weight=args.mouth_weight,
         mouth_probe_weight=args.mouth_probe_weight,
+        freeze_encoder=args.freeze_encoder,
         lpips_weight=args.lpips_weight,
         lpips_backbone=args.lpips_backbone,
         lpips_heads=args.lpips_heads,
