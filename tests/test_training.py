@@ -124,11 +124,11 @@ def test_mouth_area_counts_the_interior_per_frame():
 def test_resume_equals_uninterrupted(shards, tmp_path):
     stages = [(5, 1, 2), (9, 1, 2)]
     full = VAETrainer(_vae_config(tmp_path / "a"), shards.root, preset="tiny", stages=stages).train()
-    # max_minutes=0: checkpoint after the first step and stop, then a fresh trainer resumes from that checkpoint.
-    first = VAETrainer(_vae_config(tmp_path / "b", max_minutes=0), shards.root, preset="tiny", stages=stages).train()
-    assert [r["step"] for r in first] == [1]
+    # stop_at_step=2: checkpoint after step 2 and stop, then a fresh trainer resumes from that checkpoint.
+    first = VAETrainer(_vae_config(tmp_path / "b", stop_at_step=2), shards.root, preset="tiny", stages=stages).train()
+    assert [r["step"] for r in first] == [1, 2]
     rest = VAETrainer(_vae_config(tmp_path / "b"), shards.root, preset="tiny", stages=stages).train()
-    assert [r["step"] for r in rest] == [2, 3, 4]
+    assert [r["step"] for r in rest] == [3, 4]
     np.testing.assert_allclose([r["loss"] for r in first + rest], [r["loss"] for r in full], rtol=1e-5)
     a, b = (torch.load(p / "checkpoints/checkpoint-4/custom_checkpoint_0.pkl", weights_only=False) for p in
             (tmp_path / "a", tmp_path / "b"))  # fmt: skip

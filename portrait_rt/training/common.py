@@ -54,6 +54,7 @@ class TrainConfig:
     log_every: int = 10
     resume: str | None = "latest"  # "latest", a checkpoint folder, or None for a fresh run
     max_minutes: float | None = None  # wall-clock budget for this invocation: checkpoint and stop when spent
+    stop_at_step: int | None = None  # checkpoint and stop at this step, keeping the schedule of `max_steps`
     finalize: bool = False  # save the final (EMA) components from the newest checkpoint now, without training
     extra: dict = field(default_factory=dict)
 
@@ -229,10 +230,11 @@ class Trainer:
                 pending = []
             out_of_time = cfg.max_minutes is not None and (time.time() - t0) / 60 >= cfg.max_minutes
             out_of_time = bool(acc.gather(torch.tensor([float(out_of_time)])).max())  # all processes stop together
+            out_of_time |= cfg.stop_at_step is not None and step + 1 >= cfg.stop_at_step
             if (step + 1) % cfg.checkpointing_steps == 0 or step + 1 == cfg.max_steps or out_of_time:
                 self.save_checkpoint()
             if out_of_time:
-                logger.info("time budget spent at step %d; resume with the same command", step + 1)
+                logger.info("stopped at step %d (budget or --stop-at-step); resume with the same command", step + 1)
                 break
         bar.close()
         if self.progress.step >= cfg.max_steps:
@@ -274,6 +276,12 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--log-every", type=int, default=d.log_every)
     parser.add_argument("--resume", default=d.resume, help="'latest' (default), a checkpoint folder, or 'none'")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    parser.add_argument(
+        "--stop-at-step",
+        type=int,
+        default=None,
+        help="checkpoint and stop at this step (the LR schedule still spans --max-steps / --stages)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument(
         "--finalize", action="store_true", help="save the final EMA weights from the newest checkpoint, no training"
@@ -303,5 +311,6 @@ def config_from_args(args, max_steps: int) -> TrainConfig:
         log_every=args.log_every,
         resume=None if str(args.resume).lower() == "none" else args.resume,
         max_minutes=args.max_minutes,
+        stop_at_step=args.stop_at_step,
         finalize=args.finalize,
     )
