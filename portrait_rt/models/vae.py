@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.modeling_utils import ModelMixin
@@ -115,10 +114,6 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         temporal_downsample: which E1 stages halve time (two of them: 4x).
         ref_num_layers, ref_num_attention_heads, ref_attention_head_dim, ref_mlp_ratio: Dref size.
         use_crva: False gives the interpolation baseline without CR-VA shortcuts (paper Table 2).
-        reference_pixel_skip: not in the paper (default off). The decoder predicts the residual over the mean of the
-            reference images (M >= 1), so the static appearance is right from the first step and training goes to
-            what moves. The bundled CPU `demo` uses it: it makes a 64x-compressed VAE trainable in CPU-minutes.
-            `f_c` then also carries the reference pixels, space-to-channel at H/16 (768 more channels).
         scaling_factor, shift_factor: latent normalisation for the DiT: `(z - shift_factor) * scaling_factor`.
     """
 
@@ -145,7 +140,6 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         ref_attention_head_dim: int = 64,
         ref_mlp_ratio: float = 4.0,
         use_crva: bool = True,
-        reference_pixel_skip: bool = False,
         scaling_factor: float = 1.0,
         shift_factor: float = 0.0,
         norm_eps: float = 1e-6,
@@ -226,7 +220,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
     def _check_references(self, f_c: torch.Tensor | None, z: torch.Tensor) -> None:
         if f_c is None:
             return
-        shape = (z.shape[0], self._reference_channels, z.shape[3] * 4, z.shape[4] * 4)
+        shape = (z.shape[0], self.config.feature_channels, z.shape[3] * 4, z.shape[4] * 4)
         if f_c.ndim != 5 or (f_c.shape[0], *f_c.shape[2:]) != shape:
             raise ValueError(
                 f"f_c must be (B, M, C_f, H/16, W/16) = ({shape[0]}, M, {shape[1]}, {shape[2]}, {shape[3]}) as "
@@ -248,25 +242,13 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         """One-shot encode of `video` (B, 3, 1+4n, H, W) in [-1, 1] -> posterior over (B, 64, n+1, H/64, W/64)."""
         return DiagonalGaussianDistribution(self.encode_chunk(video)[0])
 
-    @property
-    def _reference_channels(self) -> int:
-        """Channels of `f_c`: C_f, plus the space-to-channel reference pixels with `reference_pixel_skip`."""
-        k = SPATIAL_COMPRESSION // 4
-        return self.config.feature_channels + (
-            self.config.in_channels * k * k if self.config.reference_pixel_skip else 0
-        )
-
     def _reference_features(self, images: torch.Tensor) -> torch.Tensor:
-        """f_c of each image alone: (B, M, 3, H, W) -> (B*M, C_f (+768), 1, H/16, W/16): E1 features (+ pixels)."""
+        """E1 features of each image alone: (B, M, 3, H, W) -> (B*M, C_f, 1, H/16, W/16)."""
         if images.ndim != 5 or images.shape[2] != self.config.in_channels:
             raise ValueError(f"reference images must be (B, M, 3, H, W) in [-1, 1], got {tuple(images.shape)}.")
         frames = images.flatten(0, 1).unsqueeze(2)  # (B*M, 3, 1, H, W): each image is a 1-frame video
         self._check_frames(frames, True, "reference images")
-        features = self.encoder_1(frames)[0]
-        if self.config.reference_pixel_skip:
-            pixels = F.pixel_unshuffle(frames[:, :, 0], SPATIAL_COMPRESSION // 4).unsqueeze(2)  # (B*M, 768, 1, ..)
-            features = torch.cat([features, pixels.to(features.dtype)], dim=1)
-        return features
+        return self.encoder_1(frames)[0]
 
     def encode_reference(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference features, computed once per stream: `images` (B, M, 3, H, W) in [-1, 1], M = 0..3 ->
@@ -275,11 +257,10 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         b, m, _, h, w = images.shape
         if m == 0:
             k = SPATIAL_COMPRESSION
-            f_c = images.new_zeros(b, 0, self._reference_channels, h * 4 // k, w * 4 // k)
+            f_c = images.new_zeros(b, 0, self.config.feature_channels, h * 4 // k, w * 4 // k)
             return f_c, images.new_zeros(b, 0, self.config.latent_channels, h // k, w // k)
-        f = self._reference_features(images)  # (B*M, C_f (+768 pixels), 1, H/16, W/16)
-        e1 = f[:, : self.config.feature_channels]
-        z_r = DiagonalGaussianDistribution(self.encoder_2(e1)[0]).mode()  # (B*M, 64, 1, H/64, W/64)
+        f = self._reference_features(images)  # (B*M, C_f, 1, H/16, W/16)
+        z_r = DiagonalGaussianDistribution(self.encoder_2(f)[0]).mode()  # (B*M, 64, 1, H/64, W/64)
         return f.squeeze(2).unflatten(0, (b, m)), z_r.squeeze(2).unflatten(0, (b, m))
 
     # --- decoding -----------------------------------------------------------------------------------------------
@@ -291,14 +272,9 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
             raise ValueError(f"z must be (B, {self.config.latent_channels}, t>=1, h, w), got {tuple(z.shape)}.")
         self._check_references(f_c, z)
         c1, c2 = cache if cache is not None else (None, None)
-        pixels = None
-        if self.config.reference_pixel_skip and f_c is not None:
-            f_c, pixels = f_c.split([self.config.feature_channels, f_c.shape[2] - self.config.feature_channels], 2)
         f_z, c1 = self.decoder_1(z, c1)  # (B, C_f, t, H/16, W/16)
         f_z = self.reference_decoder(f_z, f_c)
         frames, c2 = self.decoder_2(f_z, c2)  # (B, 3, 1+4(t-1) or 4t, H, W)
-        if pixels is not None and pixels.shape[1] > 0:  # residual over the mean reference image
-            frames = frames + F.pixel_shuffle(pixels.mean(1), SPATIAL_COMPRESSION // 4).unsqueeze(2)
         return frames, [c1, c2]
 
     def decode_chunk(
