@@ -15,29 +15,100 @@ python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/run
   --config-json "$VAE_CONFIG" --stages 5x2:700,17x1:100 --posterior-mean --learning-rate 3e-4 --lr-warmup-steps 50 \
   --kl-weight 1e-4 --checkpointing-steps 50 --log-every 10 --threads "$THREADS"
 
-# 3. Latents, once, with the trained VAE (48 clips x 8 s; ~1 min).
+# 2a. A first DiT on that VAE's latents (48 clips x 8 s): it did not lip-sync (the VAE had no mouth), but its weights
+#     start the final DiT (step 5). KV window 16 latent frames (64 video frames, 2.6 s) instead of the paper's 32: a
+#     quarter of the attention cost per training window, which is what fits the CPU budget. Stopped by its
+#     14-minute budget at step 1,340, then finalized (EMA weights saved).
 python -m portrait_rt train latents --vae "$WORK/runs/vae/vae" --data "$WORK/corpus128" --output "$WORK/latents_v1.pt" \
   --clips 0:48 --threads 1
-
-# 4. DiT + audio encoder (Algorithm 1). KV window 16 latent frames (64 video frames, 2.6 s) instead of the paper's
-#    32: a quarter of the attention cost per training window, which is what fits the CPU budget. Stopped by its
-#    14-minute budget, then finalized (EMA weights saved) from the newest checkpoint.
 python -m portrait_rt train dit --latents "$WORK/latents_v1.pt" --output-dir "$WORK/runs/dit_v1" --preset demo \
   --kv-window 16 --window 16 --batch-size 8 --max-steps 1500 --learning-rate 3e-4 --lr-warmup-steps 50 \
-  --checkpointing-steps 100 --log-every 20 --threads 1 --max-minutes 14
+  --checkpointing-steps 100 --log-every 20 --threads 1 --stop-at-step 1340
 python -m portrait_rt train dit --latents "$WORK/latents_v1.pt" --output-dir "$WORK/runs/dit_v1" --preset demo \
   --kv-window 16 --window 16 --batch-size 8 --max-steps 1500 --threads 1 --finalize
 
-# 5. Export the pipeline folder, measure the model card's table, export again with it.
-python -m portrait_rt export --vae "$WORK/runs/vae/vae" --dit "$WORK/runs/dit_v1" --output assets/portrait-rt-demo
-python -m portrait_rt.training.report --model assets/portrait-rt-demo --output "$WORK/metrics.json" --clips 4 \
-  --duration 4 --threads 1
-python -m portrait_rt.training.report --model assets/portrait-rt-demo --output "$WORK/metrics_drift.json" --clips 1 \
-  --duration 4 --no-cfg --drift-minutes 5 --threads 1
-python -m portrait_rt export --vae "$WORK/runs/vae/vae" --dit "$WORK/runs/dit_v1" --output assets/portrait-rt-demo \
-  --metrics "$WORK/metrics.json"
+# 2b-2c. More plain steps from 2's weights (the second run stopped by its 16-minute budget at step 400, then
+#    finalized; the third ran 3,000 of 4,000 planned steps in two invocations, then finalized).
+python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/vae2" --init-from "$WORK/runs/vae/vae" \
+  --stages 5x2:1200,17x1:60 --posterior-mean --learning-rate 3e-4 --lr-warmup-steps 20 --kl-weight 1e-4 \
+  --checkpointing-steps 100 --log-every 10 --threads "$THREADS" --stop-at-step 400
+python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/vae2" --init-from "$WORK/runs/vae/vae" \
+  --stages 5x2:1200,17x1:60 --posterior-mean --finalize
+python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/vae3" --init-from "$WORK/runs/vae2/vae" \
+  --stages 5x2:4000 --posterior-mean --learning-rate 3e-4 --lr-warmup-steps 20 --kl-weight 1e-4 --batch-size 4 \
+  --checkpointing-steps 200 --log-every 20 --threads "$THREADS" --stop-at-step 3000
+python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/vae3" --init-from "$WORK/runs/vae2/vae" \
+  --stages 5x2:4000 --posterior-mean --finalize
 
-# Continuing (the demo is under-trained, see the model card): more VAE steps from run 1's weights, resumable.
-# python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/vae2" --init-from "$WORK/runs/vae/vae" \
-#   --stages 5x2:1200,17x1:60 --posterior-mean --learning-rate 3e-4 --lr-warmup-steps 20 --kl-weight 1e-4 \
-#   --checkpointing-steps 100 --log-every 10 --threads "$THREADS" --max-minutes 16
+# After ~4,000 plain-L1 steps the reconstructions still had no mouth (the latent did not carry it: a linear probe
+# on held-out clips found r = -0.06), so the mouth losses of `portrait_rt.training.vae` take over. Each stage below
+# starts from the raw weights of the previous run's last checkpoint (`vae_from_checkpoint`).
+vae_from_checkpoint() {  # CONFIG_FOLDER CHECKPOINT OUT: a VAE folder with a checkpoint's (non-EMA) weights
+  python - "$@" <<'PY'
+import shutil, sys
+from pathlib import Path
+from safetensors.torch import load_file, save_file
+src, ckpt, dst = (Path(a) for a in sys.argv[1:4])
+dst.mkdir(parents=True, exist_ok=True)
+shutil.copy(src / "config.json", dst / "config.json")
+weights = load_file(ckpt / "model.safetensors")
+save_file({k.removeprefix("vae."): v for k, v in weights.items() if k.startswith("vae.")},
+          dst / "diffusion_pytorch_model.safetensors")
+PY
+}
+# 2d. Mouth-weighted L1 (x30), 1,100 steps.
+python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/vae_m30" --init-from "$WORK/runs/vae3/vae" \
+  --stages 5x2:7000,17x1:500 --posterior-mean --learning-rate 3e-4 --lr-warmup-steps 20 --kl-weight 1e-4 \
+  --mouth-weight 30 --checkpointing-steps 100 --log-every 20 --threads "$THREADS" --stop-at-step 1100
+vae_from_checkpoint "$WORK/runs/vae3/vae" "$WORK/runs/vae_m30/checkpoints/checkpoint-1100" "$WORK/init_plain"
+# 2e. + the latent mouth probe, 1,500 steps: the latent now carries the mouth (held-out probe r 0.61).
+python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/vae_plain_probe" \
+  --init-from "$WORK/init_plain" --stages 5x2:4500,17x1:300 --posterior-mean --learning-rate 3e-4 --lr-warmup-steps 20 \
+  --kl-weight 1e-4 --mouth-weight 30 --mouth-probe-weight 1 --checkpointing-steps 100 --log-every 20 \
+  --threads "$THREADS" --stop-at-step 1500
+vae_from_checkpoint "$WORK/init_plain" "$WORK/runs/vae_plain_probe/checkpoints/checkpoint-1500" "$WORK/enc_v2"
+python - "$WORK" <<'PY'  # the DiT's latent normalisation for this encoder (what the trainer's save_final does)
+import sys
+from portrait_rt.data.shards import ClipStore
+from portrait_rt.models.vae import CausalVideoVAE
+from portrait_rt.training.vae import latent_statistics
+vae = CausalVideoVAE.from_pretrained(f"{sys.argv[1]}/enc_v2")
+shift, scale = latent_statistics(vae, ClipStore(f"{sys.argv[1]}/corpus128"))
+vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+vae.save_pretrained(f"{sys.argv[1]}/enc_v2")
+PY
+
+# 3. The encoder is final from here: latents, once (160 clips x 8 s; ~4 min) ...
+python -m portrait_rt train latents --vae "$WORK/enc_v2" --data "$WORK/corpus128" --output "$WORK/latents_v2.pt" \
+  --clips 0:160 --threads 1
+
+# 4. ... while the decoder is fine-tuned alone (--freeze-encoder keeps those latents valid), mouth-weighted L1 (x50),
+#    5 then 17 frames (the first 600 steps ran with a longer 5-frame stage planned: 5x2:4000,17x1:300) ...
+python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/dec_v2" --init-from "$WORK/enc_v2" \
+  --freeze-encoder --stages 5x2:4000,17x1:300 --posterior-mean --learning-rate 3e-4 --lr-warmup-steps 20 \
+  --mouth-weight 50 --checkpointing-steps 100 --log-every 20 --threads 1 --stop-at-step 600
+python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/dec_v2" --init-from "$WORK/enc_v2" \
+  --freeze-encoder --stages 5x2:1800,17x1:800 --posterior-mean --learning-rate 3e-4 --lr-warmup-steps 20 \
+  --mouth-weight 50 --checkpointing-steps 100 --log-every 20 --threads 1
+
+# 5. DiT + audio encoder (Algorithm 1) on those latents, from step 2a's weights, in parallel with step 4 (the decoder
+#    does not change the latents). 5,000 steps, ~50 min on one thread; it finalizes itself.
+python -m portrait_rt train dit --latents "$WORK/latents_v2.pt" --output-dir "$WORK/runs/dit_v2" --preset demo \
+  --init-from "$WORK/runs/dit_v1" --kv-window 16 --window 16 --batch-size 8 --max-steps 5000 --learning-rate 3e-4 \
+  --lr-warmup-steps 50 --checkpointing-steps 100 --log-every 20 --threads 1 --max-minutes 60
+
+# 6. Export the pipeline folder, measure the model card's table, export again with it.
+python -m portrait_rt export --vae "$WORK/runs/dec_v2/vae" --dit "$WORK/runs/dit_v2" --output assets/portrait-rt-demo
+python -m portrait_rt.training.report --model assets/portrait-rt-demo --output "$WORK/metrics_v2.json" --clips 4 \
+  --duration 4 --threads 1
+python -m portrait_rt.training.report --model assets/portrait-rt-demo --output "$WORK/metrics_v2_drift.json" --clips 1 \
+  --duration 4 --no-cfg --drift-minutes 5 --threads 1
+python - "$WORK" <<'PY'  # one metrics file for the card: the table's figures plus the drift run's
+import json, sys
+main, drift = (json.load(open(f"{sys.argv[1]}/{n}.json")) for n in ("metrics_v2", "metrics_v2_drift"))
+main.update({k: v for k, v in drift.items() if k.startswith("drift")})
+main["command"] = [main["command"], drift["command"]]
+json.dump(main, open(f"{sys.argv[1]}/metrics_card.json", "w"), indent=1)
+PY
+python -m portrait_rt export --vae "$WORK/runs/dec_v2/vae" --dit "$WORK/runs/dit_v2" --output assets/portrait-rt-demo \
+  --metrics "$WORK/metrics_card.json" --notes "$(cat scripts/demo_model_notes.md)"

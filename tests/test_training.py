@@ -17,7 +17,7 @@ from portrait_rt.training.vae import VAETrainer, mouth_region, parse_stages
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "portrait-rt-demo"
-BACKGROUND_FLOOR_DB = 14.5
+BACKGROUND_FLOOR_DB = 17.0
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -234,25 +234,26 @@ def demo_run():
 
 
 def test_bundled_demo_model_follows_the_reference(demo_run):
-    """A broken or untrained checkpoint fails these floors. Measured on the shipped model, this clip: VAE PSNR 17.9 dB
-    with one reference, 0.6 dB above M = 0 (1.6 dB over 4 held-out clips); a fresh VAE starts at ~13 dB and cannot
-    use references. Generated background 19.2 dB against the reference (17 dB mean over 4 clips). Floors sit
-    ~2.5 dB under the 4-clip means."""
+    """A broken or untrained checkpoint fails these floors. Measured on the shipped model, this clip: VAE PSNR 18.7 dB
+    with one reference, 1.2 dB above M = 0 (3.1 dB over 4 held-out clips); a fresh VAE starts at ~13 dB and cannot
+    use references. Generated background 19.8 dB against the reference (18.2 dB mean over 4 clips). Floors sit
+    1.2-2.8 dB under the measured figures."""
     from portrait_rt.eval.metrics import background_drift
     from portrait_rt.training.report import vae_psnr_by_references
 
     pipe, clip, out = demo_run
     assert out.frames.shape == (100, pipe.resolution, pipe.resolution, 3)
     psnr = vae_psnr_by_references(pipe.vae, [clip])
-    assert psnr[1] >= 15.5 and psnr[1] - psnr[0] >= 0.3, psnr
+    assert psnr[1] >= 17.0 and psnr[1] - psnr[0] >= 0.5, psnr
     background = background_drift(out.frames, clip.frames[0], [clip.meta["body_box"], clip.meta["face_box"]])
     assert min(background["psnr"]) >= BACKGROUND_FLOOR_DB, background["psnr"]
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the shipped demo model does not lip-sync yet (measured r ~0): its CPU-trained VAE (800 steps, ~17.5 dB) "
-    "does not yet draw the mouth interior; retrain longer (scripts/train_demo.sh) and remove this mark",
+    reason="the shipped demo model does not lip-sync yet: on this clip r = 0.44 but at offset +10 (0.26 at offset 0); "
+    "its CPU-trained VAE draws the mouth only faintly (reconstruction r 0.51, 0.35 at offset 0, over 4 held-out "
+    "clips). Retrain longer (scripts/train_demo.sh, ideally on a GPU) and remove this mark",
 )
 def test_bundled_demo_model_lipsyncs(demo_run):
     """Target: r >= 0.8 on average over held-out clips; floor 0.5 on one clip (one 4-second clip varies about

@@ -9,7 +9,7 @@ Progressive clip length: `stages` such as "5x8:1200,17x4:400" train 1200 steps o
 400 on 17-frame clips (batch 4), as the paper goes 5 -> 17 -> 73 frames. `--no-crva` trains the Table 2
 "w/o CR-VA" ablation.
 
-Mouth losses for the synthetic corpus (not in the paper; for CPU budgets). The mouth interior is ~1% of the pixels
+Mouth losses for the synthetic corpus (not in the paper; for CPU budgets). The mouth interior is under 1% of the pixels
 and a 64x-compressed latent learns to carry it only after very many plain-L1 steps (the per-pixel median of a mouth
 that is mostly closed is a closed mouth), so the lip-sync the DiT can reach stays at zero for a long time.
 - `--mouth-weight W`: the L1 of the pixels in and around the mouth interior (the corpus's reserved colour, found in
