@@ -9,6 +9,9 @@ Progressive clip length: `stages` such as "5x8:1200,17x4:400" train 1200 steps o
 400 on 17-frame clips (batch 4), as the paper goes 5 -> 17 -> 73 frames. `--no-crva` trains the Table 2
 "w/o CR-VA" ablation.
 
+At the end the trainer encodes clips with the EMA weights and sets `shift_factor` / `scaling_factor` in the VAE
+config from the latents' mean and std, so the DiT sees roughly unit-variance latents: `(z - shift) * scale`.
+
 Mouth losses for the synthetic corpus (not in the paper; for CPU budgets). The mouth interior is under 1% of the pixels
 and a 64x-compressed latent learns to carry it only after very many plain-L1 steps (the per-pixel median of a mouth
 that is mostly closed is a closed mouth), so the lip-sync the DiT can reach stays at zero for a long time.
@@ -212,10 +215,10 @@ class VAETrainer(Trainer):
             vae,
             self.kl_weight,
             self.sample_posterior,
-            self.mouth_weight,
-            lpips,
-            self.lpips_weight,
-            self.mouth_probe_weight,
+            mouth_weight=self.mouth_weight,
+            mouth_probe_weight=self.mouth_probe_weight,
+            lpips=lpips,
+            lpips_weight=self.lpips_weight,
         )
 
     def stage(self, step: int) -> tuple[int, int]:
