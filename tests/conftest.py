@@ -15,6 +15,16 @@ def perturb_(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch
     return module
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (use with `pytestmark = pytest.mark.usefixtures("one_thread")`): CI's 2
+    cores are shared, and OpenMP barriers across descheduled threads stall training steps."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipe():
     from portrait_rt.pipeline import PortraitRTPipeline

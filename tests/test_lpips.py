@@ -12,14 +12,7 @@ from portrait_rt.training.common import TrainConfig
 from portrait_rt.training.lpips import LPIPS
 from portrait_rt.training.vae import VAETrainer, add_cli_arguments, build_trainer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: CI's 2 cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

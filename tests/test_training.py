@@ -20,13 +20,7 @@ DEMO = REPO / "assets" / "portrait-rt-demo"
 BACKGROUND_FLOOR_DB = 17.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: CI's 2 cores are shared, and OpenMP barriers across descheduled threads stall training steps."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
