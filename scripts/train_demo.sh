@@ -8,8 +8,8 @@ THREADS=${THREADS:-1}  # one thread: on a shared, oversubscribed CPU, OpenMP bar
 # 1. The synthetic corpus, rendered once to clip shards (128², 8 s clips; ~2 s per clip).
 python -m portrait_rt prepare synthetic "$WORK/corpus128" --num-clips 320 --duration 8 --resolution 128
 
-# 2. The VAE: L1 + KL, M = 0..3 references, progressive 5 -> 17 frames. The `demo` preset's layout at half its
-#    width (all values spelled out), so that training, latent caching and real-time decoding fit a shared 2-core CPU.
+# 2. The VAE: L1 + KL, M = 0..3 references, progressive 5 -> 17 frames. The `demo` preset's configuration, spelled out
+#    as it was passed (the preset was wider then), narrow so that training and real-time decoding fit a 2-core CPU.
 VAE_CONFIG='{"block_out_channels":[8,16,32,64],"feature_channels":64,"latent_block_out_channels":[64,64],"decoder_block_out_channels":[8,16,32,64],"decoder_latent_block_out_channels":[64,64],"layers_per_block":[0,0,1,1],"decoder_layers_per_block":[0,0,1,2],"latent_layers_per_block":1,"ref_num_layers":2,"ref_num_attention_heads":2,"ref_attention_head_dim":32}'
 python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/vae" --preset demo \
   --config-json "$VAE_CONFIG" --stages 5x2:700,17x1:100 --posterior-mean --learning-rate 3e-4 --lr-warmup-steps 50 \
