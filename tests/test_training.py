@@ -228,25 +228,40 @@ def demo_run():
 
 
 def test_bundled_demo_model_follows_the_reference(demo_run):
-    """A broken or untrained checkpoint fails these floors. Measured on the shipped model, this clip: VAE PSNR 18.7 dB
-    with one reference, 1.2 dB above M = 0 (3.1 dB over 4 held-out clips); a fresh VAE starts at ~13 dB and cannot
-    use references. Generated background 19.8 dB against the reference (18.2 dB mean over 4 clips). Floors sit
-    1.2-2.8 dB under the measured figures."""
+    """A broken or untrained checkpoint fails these floors. Measured on the shipped model, this clip: VAE PSNR 18.9 dB
+    with one reference and 20.6 dB with three, 0.7 and 2.4 dB above M = 0 (+2.6 dB at M = 1 over 4 held-out clips); a
+    fresh VAE starts at ~13 dB and cannot use references. Generated background 20.7 dB against the reference over
+    the clip."""
     from portrait_rt.eval.metrics import background_drift
     from portrait_rt.training.report import vae_psnr_by_references
 
     pipe, clip, out = demo_run
     assert out.frames.shape == (100, pipe.resolution, pipe.resolution, 3)
     psnr = vae_psnr_by_references(pipe.vae, [clip])
-    assert psnr[1] >= 17.0 and psnr[1] - psnr[0] >= 0.5, psnr
+    assert psnr[1] >= 17.0 and psnr[1] > psnr[0] and psnr[3] - psnr[0] >= 1.0, psnr
     background = background_drift(out.frames, clip.frames[0], [clip.meta["body_box"], clip.meta["face_box"]])
     assert min(background["psnr"]) >= BACKGROUND_FLOOR_DB, background["psnr"]
 
 
+def test_bundled_demo_vae_keeps_the_mouth_over_a_whole_clip(demo_run):
+    """The VAE's reconstruction of the whole 100-frame clip (one causal pass, as the DiT's latents are cached and the
+    stream is decoded) follows the real mouth. A VAE trained on 5-frame clips only does so within its training length
+    and loses the mouth on long clips: the previous demo VAE scored r = 0.31 on this clip (0.29 over 4 held-out 6 s
+    clips, though its 5-frame windows scored 0.85); a VAE without a mouth ~0.07. Shipped model, this clip: 0.79."""
+    from portrait_rt.eval.metrics import mouth_opening, pearson
+    from portrait_rt.training.report import vae_reconstruct
+
+    pipe, clip, _ = demo_run
+    with torch.no_grad():
+        recon = vae_reconstruct(pipe.vae, clip.frames)
+    r = pearson(mouth_opening(recon), mouth_opening(clip.frames[: len(recon)]))
+    assert r >= 0.6, r
+
+
 def test_bundled_demo_model_opens_the_mouth_for_speech_only(demo_run):
     """The audio drives the mouth: 1 s of silence, the clip's speech, 1 s of silence. Measured on the shipped model,
-    this clip: opening 0.044 of the frame height in speech, 0.022 in silence (ratio 0.50; 0.10 and 0.61 on two
-    other held-out clips). A model that ignores the audio scores a ratio near 1; one without a mouth opens 0."""
+    this clip: opening 0.041 of the frame height in speech, 0.005 in silence (ratio 0.12; the previous model 0.50). A
+    model that ignores the audio scores a ratio near 1; one without a mouth opens 0."""
     from portrait_rt.eval.metrics import mouth_opening
 
     pipe, clip, _ = demo_run
@@ -255,23 +270,18 @@ def test_bundled_demo_model_opens_the_mouth_for_speech_only(demo_run):
     out = pipe([clip.frames[0]], (audio, clip.sample_rate), generator=torch.Generator().manual_seed(0))
     opening = mouth_opening(out.frames)
     speech, silent = opening[30:125].mean(), np.r_[opening[3:22], opening[133:]].mean()
-    assert speech >= 0.01 and silent <= 0.67 * speech, (speech, silent)
+    assert speech >= 0.01 and silent <= 0.4 * speech, (speech, silent)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped demo model does not lip-sync yet: on this clip r = 0.44 but at offset +10 (0.26 at offset 0); "
-    "its CPU-trained VAE draws the mouth only faintly (reconstruction r 0.51, 0.35 at offset 0, over 4 held-out "
-    "clips). Retrain longer (scripts/train_demo.sh, ideally on a GPU) and remove this mark",
-)
 def test_bundled_demo_model_lipsyncs(demo_run):
-    """Target: r >= 0.8 on average over held-out clips; floor 0.5 on one clip (one 4-second clip varies about
-    +-0.1, and a model that ignores the audio scores ~0-0.3; another clip's audio scores near 0)."""
+    """Target: r >= 0.8 on average over held-out clips at |offset| <= 1. Shipped model, this clip: r = 0.74 at offset 0
+    (0.76 over 4 held-out clips). Floor 0.6 at |offset| <= 1: one 4-second clip varies about +-0.1; a model that
+    ignores the audio scores ~0-0.3, and the previous demo model 0.44 at offset +10."""
     from portrait_rt.eval.metrics import lipsync_score
 
     _, clip, out = demo_run
     score = lipsync_score(out.frames, clip.audio, clip.sample_rate)
-    assert score["r"] >= 0.5 and abs(score["offset"]) <= 2, (score["r"], score["offset"])
+    assert score["r"] >= 0.6 and abs(score["offset"]) <= 1, (score["r"], score["offset"])
 
 
 def test_shards_reject_wrong_frames(tmp_path):

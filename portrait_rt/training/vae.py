@@ -6,7 +6,9 @@ downloaded, so the default is off). References: M random frames of the same clip
 as in the paper, plus M = 0 in `no_reference_prob` of the steps so the M = 0..3 comparison of Table 2 is measured on
 one model.
 Progressive clip length: `stages` such as "5x8:1200,17x4:400" train 1200 steps on 5-frame clips (batch 8), then
-400 on 17-frame clips (batch 4), as the paper goes 5 -> 17 -> 73 frames. `--no-crva` trains the Table 2
+400 on 17-frame clips (batch 4), as the paper goes 5 -> 17 -> 73 frames. Do not stop at 5: the causal
+convolutions only learn to use a past they have seen, and a VAE trained on 5-frame clips loses detail (the demo's
+mouth) on long clips, which is what the DiT's cached latents and the stream are. `--no-crva` trains the Table 2
 "w/o CR-VA" ablation.
 
 At the end the trainer encodes clips with the EMA weights and sets `shift_factor` / `scaling_factor` in the VAE
