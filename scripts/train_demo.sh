@@ -99,8 +99,8 @@ python -m portrait_rt train dit --latents "$WORK/latents_v2.pt" --output-dir "$W
 
 # 6. Longer clips, the paper's "5 -> 17 -> longer". The VAE so far had trained almost only on 5-frame clips, and it
 #    lost the mouth past that length: over 4 held-out 6 s clips its whole-clip reconstructions followed the real
-#    mouth with r = 0.29, while 5-frame windows of the same clips scored 0.85. The DiT's latents are whole 8 s clips
-#    and the stream is decoded without end, so this is the length that matters. The full VAE (mouth L1 x50 + probe)
+#    mouth with r = 0.29, while 5-frame windows scored 0.74 and 0.85 on two of them. The DiT's latents are whole 8 s
+#    clips and the stream is decoded without end, so this is the length that matters. The full VAE (mouth L1 x50 + probe)
 #    on 17-frame clips from step 4's VAE, 1,300 steps, then finalized (EMA weights and latent statistics) ...
 python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/vae_long" \
   --init-from "$WORK/runs/dec_v2/vae" --stages 17x1:1500,33x1:2000 --posterior-mean --learning-rate 2e-4 \

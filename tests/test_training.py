@@ -247,7 +247,8 @@ def test_bundled_demo_vae_keeps_the_mouth_over_a_whole_clip(demo_run):
     """The VAE's reconstruction of the whole 100-frame clip (one causal pass, as the DiT's latents are cached and the
     stream is decoded) follows the real mouth. A VAE trained on 5-frame clips only does so within its training length
     and loses the mouth on long clips: the previous demo VAE scored r = 0.31 on this clip (0.29 over 4 held-out 6 s
-    clips, though its 5-frame windows scored 0.85); a VAE without a mouth ~0.07. Shipped model, this clip: 0.79."""
+    clips, though its 5-frame windows scored 0.74-0.85); a VAE without a mouth ~0.07. Shipped model, this clip:
+    0.79."""
     from portrait_rt.eval.metrics import mouth_opening, pearson
     from portrait_rt.training.report import vae_reconstruct
 
