@@ -22,6 +22,29 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, except where there is none to show (None, False, required)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """A parser whose --help shows each option's default, even an option without help text; its sub-parsers (the
+    steps of `train`) are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.help is None and action.default is not None and action.default is not False:
+            action.help = "default: %(default)s"  # argparse prints nothing for an option without help
+        return action
+
+
 def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m portrait_rt",
@@ -38,14 +61,25 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command; exit status 2, with one line on stderr, for what the user can fix (argparse's rule).
+
+    What the user can fix: a bad option (argparse), a value a function refuses (`ValueError`), a file that is missing
+    or unreadable (`OSError`), a package that is not installed (`ImportError`). Anything else is a bug and keeps its
+    traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in SUBCOMMANDS:
-        _top_parser().parse_args(argv or ["--help"])
+    if not argv:
+        _top_parser().print_help(sys.stderr)
         return 2
+    if argv[0] not in SUBCOMMANDS:
+        _top_parser().parse_args(argv[:1])  # --help exits 0; an unknown command exits 2
     name, rest = argv[0], argv[1:]
     module_name, help_ = SUBCOMMANDS[name]
-    module = import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"python -m portrait_rt {name}", description=help_)
-    module.add_cli_arguments(parser)
-    args = parser.parse_args(rest)
-    return int(module.cli_main(args) or 0)
+    parser = ArgumentParser(prog=f"python -m portrait_rt {name}", description=help_)
+    try:
+        module = import_module(module_name)
+        module.add_cli_arguments(parser)
+        args = parser.parse_args(rest)
+        return int(module.cli_main(args) or 0)
+    except (ValueError, OSError, ImportError) as error:
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(error).split())}\n")

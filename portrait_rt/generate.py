@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
-DEFAULT_MODEL = os.environ.get("PORTRAIT_RT_MODEL", "assets/portrait-rt-demo")
+# $PORTRAIT_RT_MODEL, else the bundled demo folder of this source checkout, wherever the command runs from
+DEFAULT_MODEL = os.environ.get("PORTRAIT_RT_MODEL", str(Path(__file__).parents[1] / "assets" / "portrait-rt-demo"))
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +43,7 @@ def load_pipeline(model: str, device: str | None = None, torch_dtype=None):
                     kept = any(k in name.split(".") for k in keep)
                     param.data = param.data.to(torch.float32 if kept else torch_dtype)
     else:
-        pipe = PortraitRTPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+        pipe = PortraitRTPipeline.from_pretrained(model, dtype=torch_dtype)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return pipe.to(device)
 
