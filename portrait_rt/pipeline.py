@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from portrait_rt.audio import is_silent, load_audio, read_mono
 from portrait_rt.constants import SAMPLE_RATE, SAMPLES_PER_FRAME, SPATIAL_COMPRESSION
+from portrait_rt.hub import load_components
 from portrait_rt.images import load_reference_images
 from portrait_rt.models.audio_encoder import AudioEncoder
 from portrait_rt.models.pretrained_audio_encoder import PretrainedAudioEncoder
@@ -89,6 +91,15 @@ class PortraitRTPipeline(DiffusionPipeline):
         self.register_modules(vae=vae, transformer=transformer, audio_encoder=audio_encoder, scheduler=scheduler)
 
     # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> PortraitRTPipeline:
+        """A pipeline folder or Hub id, loaded with this library's classes (`dtype`, `variant`, ... go to each model).
+
+        An exported folder also carries its own copy of this code for `DiffusionPipeline.from_pretrained(folder,
+        trust_remote_code=True)` without portrait_rt; that copy is not run here (`portrait_rt.hub`).
+        """
+        return cls(**load_components(pretrained_model_name_or_path, **kwargs))
+
     @classmethod
     def from_preset(cls, name: str, **scheduler_kwargs) -> PortraitRTPipeline:
         """A randomly initialised pipeline of preset `name` ("tiny" | "demo" | "paper"), built offline.

@@ -3,21 +3,34 @@
     python -m portrait_rt export --vae runs/vae/vae --dit runs/dit --output assets/portrait-rt-demo \
         --metrics runs/metrics.json
 
-The folder is `PortraitRTPipeline.save_pretrained` output (safetensors only) plus README.md: data, training steps
-and time (read from each run's `train_config.json` / `metrics.jsonl`), hardware, the metric table
-(`python -m portrait_rt.training.report` writes it) and the model's limits.
+The folder is `PortraitRTPipeline.save_pretrained` output (safetensors only), this library's code for
+`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` (loads without portrait_rt; `write_remote_code`),
+a contact sheet (the example portrait animated by the example speech) and README.md in the Hub's model-card format:
+data, training steps and time (read from each run's `train_config.json` / `metrics.jsonl`), hardware, the metric
+table (`python -m portrait_rt.training.report` writes it) and the model's limits.
+
+    python -m portrait_rt export --code-only --output assets/portrait-rt-demo   # refresh the code only
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import json
 import platform
+import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from PIL import Image
 
+import portrait_rt
+from portrait_rt.constants import FPS, SPATIAL_COMPRESSION
+from portrait_rt.hub import COMPONENT_CLASSES
+from portrait_rt.images import load_image
 from portrait_rt.models.audio_encoder import AudioEncoder
 from portrait_rt.models.transformer import FlowDiT
 from portrait_rt.models.vae import CausalVideoVAE
@@ -37,6 +50,107 @@ def build_pipeline(vae_dir: str | Path, dit_dir: str | Path) -> PortraitRTPipeli
         transformer=FlowDiT.from_pretrained(dit_dir / "transformer"),
         audio_encoder=AudioEncoder.from_pretrained(dit_dir / "audio_encoder"),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT),
+    )
+
+
+CONTACT_SHEET = "contact_sheet.png"
+EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"  # in a source checkout
+PACKAGE = "portrait_rt"
+PIPELINE_ENTRY = "pipeline_portrait_rt"  # model_index.json's _class_name[0]: the file diffusers runs for the pipeline
+
+
+def write_remote_code(folder: str | Path) -> None:
+    """Make a saved pipeline folder load without portrait_rt: `DiffusionPipeline.from_pretrained(folder,
+    trust_remote_code=True)`, the Hub's convention for custom pipelines.
+
+    Writes this library's code into the folder, flattened (`portrait_rt.models.vae` -> `vae.py`): beside
+    `model_index.json` the pipeline (`pipeline_portrait_rt.py` and the modules it needs), in each model's folder that
+    model (`vae/vae_portrait_rt.py` and its modules); points `model_index.json` at them and gives each model's
+    config.json an `auto_map` (`AutoModel.from_pretrained(folder, subfolder="vae", trust_remote_code=True)`). Run
+    again to refresh the code of a folder exported earlier; weights and model card are left alone.
+    """
+    folder = Path(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    _write_entry(folder, PIPELINE_ENTRY, PortraitRTPipeline)
+    index["_class_name"] = [PIPELINE_ENTRY, PortraitRTPipeline.__name__]
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry[1] not in COMPONENT_CLASSES:
+            continue  # the scheduler is diffusers' own
+        module = f"{name}_portrait_rt"
+        _write_entry(folder / name, module, COMPONENT_CLASSES[entry[1]])
+        index[name] = [module, entry[1]]
+        config_path = folder / name / "config.json"
+        config = json.loads(config_path.read_text())
+        config["auto_map"] = {"AutoModel": f"{module}.{entry[1]}"}
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _write_entry(folder: Path, entry: str, cls: type) -> None:
+    """`folder/entry.py`, which diffusers runs to get `cls`, beside the flattened modules `cls` needs.
+
+    diffusers copies (into its modules cache) only the files that the entry file imports relatively, not what those
+    import in turn, so the entry imports every module of the closure itself.
+    """
+    modules = _closure(cls.__module__)
+    flat = {module: module.rpartition(".")[2] for module in modules}
+    if len(set(flat.values())) < len(flat):
+        raise ValueError(f"Flattening {modules} would give two modules one file name; rename one.")
+    own = flat[cls.__module__]
+    for stale in folder.glob("*.py"):
+        stale.unlink()
+    for module in modules:
+        (folder / f"{flat[module]}.py").write_text(_flattened_source(module, flat))
+    lines = [
+        f'"""{cls.__name__} from portrait-rt {portrait_rt.__version__}, for diffusers\' `trust_remote_code=True`.',
+        "",
+        "Written by `python -m portrait_rt export`: the library's modules beside this file, with their imports made",
+        "relative. diffusers copies only the modules a remote-code file imports itself, so it imports them all.",
+        '"""',
+        "",
+        *[f"from .{name} import __name__ as _  # noqa: F401" for name in sorted(flat.values()) if name != own],
+        f"from .{own} import {cls.__name__}  # noqa: F401",
+    ]
+    (folder / f"{entry}.py").write_text("\n".join(lines) + "\n")
+
+
+def _package_imports(module: str) -> list[tuple[int, str]]:
+    """(line number, imported module) of each `from portrait_rt... import ...` in `module`, relative ones included."""
+    source = Path(importlib.util.find_spec(module).origin).read_text()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == PACKAGE for a in node.names):
+            raise ValueError(f"{module}: use `from portrait_rt.x import y` (the exported code is flattened).")
+        if isinstance(node, ast.ImportFrom):
+            target = importlib.util.resolve_name("." * node.level + (node.module or ""), module.rpartition(".")[0])
+            if target.split(".")[0] != PACKAGE:
+                continue
+            if importlib.util.find_spec(target).submodule_search_locations is not None:
+                raise ValueError(f"{module}: import from a module, not the package {target} (the code is flattened).")
+            found.append((node.lineno, target))
+    return found
+
+
+def _closure(module: str) -> list[str]:
+    """`module` and every portrait_rt module it imports, directly or not."""
+    seen, todo = [], [module]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.append(name)
+            todo += [target for _, target in _package_imports(name)]
+    return seen
+
+
+def _flattened_source(module: str, flat: dict[str, str]) -> str:
+    """The source of `module` with its portrait_rt imports made relative to the flat folder (`from .vae import`)."""
+    lines = Path(importlib.util.find_spec(module).origin).read_text().splitlines(keepends=True)
+    for lineno, target in _package_imports(module):
+        lines[lineno - 1] = re.sub(r"^(\s*from\s+)\S+(\s+import\b)", rf"\g<1>.{flat[target]}\g<2>", lines[lineno - 1])
+    path = module.replace(".", "/") + ".py"
+    return (
+        f"# portrait-rt {portrait_rt.__version__}: {path}, imports flattened by `python -m portrait_rt export`\n"
+        + "".join(lines)
     )
 
 
@@ -70,8 +184,20 @@ def _hardware() -> str:
     return f"{cpu}; torch {torch.__version__}; CPU only"
 
 
-def model_card(pipe: PortraitRTPipeline, vae_run: dict, dit_run: dict, metrics: dict | None, notes: str = "") -> str:
-    """README.md text for the exported folder."""
+def model_card(
+    pipe: PortraitRTPipeline,
+    vae_run: dict,
+    dit_run: dict,
+    metrics: dict | None,
+    notes: str = "",
+    model_id: str = "assets/portrait-rt-demo",
+    sheet_caption: str | None = None,
+) -> str:
+    """README.md text for the exported folder, in the Hub's model-card format (YAML front matter first).
+
+    `model_id`: the folder or Hub id the usage snippet loads; `sheet_caption`: what `CONTACT_SHEET` shows, if written.
+    """
+    side = pipe.resolution // SPATIAL_COMPRESSION
     params = {
         name: sum(p.numel() for p in getattr(pipe, name).parameters()) / 1e6
         for name in ("vae", "transformer", "audio_encoder")
@@ -88,9 +214,11 @@ def model_card(pipe: PortraitRTPipeline, vae_run: dict, dit_run: dict, metrics: 
 
     lines = [
         "---",
+        "license: apache-2.0",
         "library_name: diffusers",
         "pipeline_tag: image-to-video",
-        "tags: [talking-portrait, audio-driven, streaming, portrait-rt]",
+        "tags:",
+        *[f"- {tag}" for tag in ("talking-portrait", "audio-driven", "streaming", "portrait-rt", "custom_code")],
         "---",
         "",
         "# portrait-rt demo model",
@@ -98,15 +226,32 @@ def model_card(pipe: PortraitRTPipeline, vae_run: dict, dit_run: dict, metrics: 
         "A small, CPU-real-time instance of the streamable talking-portrait method (causal reference-guided video "
         "VAE + blockwise-causal flow DiT), trained from scratch on portrait-rt's procedural synthetic corpus.",
         "",
+    ]
+    if sheet_caption:
+        lines += [f"![contact sheet]({CONTACT_SHEET})", "", f"*{sheet_caption}*", ""]
+    lines += [
+        "## Use",
+        "",
+        "The pipeline's code ships in this folder (`pipeline_portrait_rt.py`, and each model's beside its weights), "
+        "so diffusers loads it without portrait-rt installed (it needs torch, diffusers >= 0.40, transformers, "
+        "accelerate, numpy, soxr, soundfile and pillow):",
+        "",
         "```python",
-        "from portrait_rt import PortraitRTPipeline",
-        'pipe = PortraitRTPipeline.from_pretrained("assets/portrait-rt-demo")',
-        'out = pipe(reference_images=["face.png"], audio="speech.wav")  # out.frames: uint8 (T, 128, 128, 3)',
+        "import torch",
+        "from diffusers import DiffusionPipeline",
+        "",
+        f'pipe = DiffusionPipeline.from_pretrained("{model_id}", trust_remote_code=True)',
+        'out = pipe(reference_images=["face.png"], audio="speech.wav", generator=torch.Generator().manual_seed(0))',
+        f"out.frames  # uint8 (T, {pipe.resolution}, {pipe.resolution}, 3) at 25 fps",
         "```",
+        "",
+        "With portrait-rt installed, `PortraitRTPipeline.from_pretrained(...)` loads the same folder with the "
+        "library's own classes, and adds the streaming API, the CLI and the Space.",
         "",
         "## Model",
         "",
-        f"- resolution {pipe.resolution}², 25 fps, latents 64 x T/4 x 2 x 2; scheduler FlowMatchEuler, shift 5",
+        f"- resolution {pipe.resolution}², 25 fps, latents 64 x T/4 x {side} x {side}; "
+        "scheduler FlowMatchEuler, shift 5",
         f"- parameters: VAE {params['vae']:.2f}M, DiT {params['transformer']:.2f}M, "
         f"audio encoder {params['audio_encoder']:.2f}M",
         f"- DiT block size {pipe.transformer.config.block_size} latent frames, KV window "
@@ -170,6 +315,18 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join([fmt[0], "|" + "|".join("-" * (w + 2) for w in width) + "|", *fmt[1:]])
 
 
+def contact_sheet(pipe: PortraitRTPipeline, reference, audio, path: str | Path, columns: int = 8) -> str:
+    """One PNG row: the reference as the pipeline sees it, then `columns` frames spread over the video generated for
+    `audio` (app defaults, seed 0). Returns its caption."""
+    out = pipe(reference_images=[reference], audio=audio, generator=torch.Generator().manual_seed(0))
+    picks = np.linspace(0, len(out.frames) - 1, columns).round().astype(int)
+    row = [load_image(reference, pipe.resolution), *out.frames[picks]]
+    Image.fromarray(np.concatenate(row, axis=1)).save(path)
+    times = ", ".join(f"{i / FPS:.1f}" for i in picks)
+    name = Path(audio).name if isinstance(audio, (str, Path)) else "the audio"
+    return f"Left: the reference; then generated frames at {times} s of {name} (seed 0, guidance 2 / 2, 12 steps)"
+
+
 def export(
     vae_dir: str | Path,
     dit_dir: str | Path,
@@ -177,27 +334,44 @@ def export(
     metrics: dict | None = None,
     vae_run: str | Path | None = None,
     notes: str = "",
+    sheet_inputs: tuple | None = None,
 ) -> PortraitRTPipeline:
-    """Write the pipeline folder + README.md model card; returns the pipeline."""
+    """Write the pipeline folder: weights, its code (`write_remote_code`), README.md model card and, given
+    `sheet_inputs` = (reference image, audio), a contact sheet of what it makes of them. Returns the pipeline."""
     pipe = build_pipeline(vae_dir, dit_dir)
     output = Path(output)
     pipe.save_pretrained(output, safe_serialization=True)
+    write_remote_code(output)
+    caption = contact_sheet(pipe, *sheet_inputs, output / CONTACT_SHEET) if sheet_inputs else None
     vae_summary = run_summary(vae_run or Path(vae_dir).parent)
-    card = model_card(pipe, vae_summary, run_summary(dit_dir), metrics, notes)
+    card = model_card(pipe, vae_summary, run_summary(dit_dir), metrics, notes, str(output), caption)
     (output / "README.md").write_text(card)
     return pipe
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vae", required=True, help="trained VAE folder (train vae's <output-dir>/vae)")
-    parser.add_argument("--dit", required=True, help="DiT run folder (holding transformer/ and audio_encoder/)")
+    parser.add_argument("--vae", help="trained VAE folder (train vae's <output-dir>/vae)")
+    parser.add_argument("--dit", help="DiT run folder (holding transformer/ and audio_encoder/)")
     parser.add_argument("--output", required=True, help="pipeline folder to write")
     parser.add_argument("--metrics", default=None, help="metrics JSON from `python -m portrait_rt.training.report`")
     parser.add_argument("--notes", default="", help="extra text for the model card")
+    parser.add_argument("--sheet-reference", default=str(EXAMPLES / "portrait_a.png"), help="contact sheet's portrait")
+    parser.add_argument("--sheet-audio", default=str(EXAMPLES / "speech_a.wav"), help="contact sheet's speech")
+    parser.add_argument(
+        "--code-only",
+        action="store_true",
+        help="only (re)write the code of the pipeline folder --output, exported earlier, from this library",
+    )
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
-    export(args.vae, args.dit, args.output, metrics, notes=args.notes)
+    if args.code_only:
+        write_remote_code(args.output)
+    elif not (args.vae and args.dit):
+        raise ValueError("give --vae and --dit (the trained runs), or --code-only to refresh a folder's code")
+    else:
+        metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
+        export(args.vae, args.dit, args.output, metrics, notes=args.notes,
+               sheet_inputs=(args.sheet_reference, args.sheet_audio))  # fmt: skip
     print(f"wrote {args.output}")
     return 0
