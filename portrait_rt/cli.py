@@ -7,6 +7,7 @@ when that command runs, so `--help` stays fast.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from importlib import import_module
 
@@ -23,7 +24,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every option's help ends with its default, except where there is none to show (None, False, required)."""
+    """Every option's help ends with its default, an option without help text included (argparse would print no
+    line for it), except where there is none to show (None, False, required)."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        if action.help is None and action.default not in (None, False, argparse.SUPPRESS):
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        super().add_argument(action)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.required or action.default is None or action.default is False:
@@ -32,17 +40,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """A parser whose --help shows each option's default, even an option without help text; its sub-parsers (the
-    steps of `train`) are of this class too."""
+    """A parser with `HelpFormatter`; its sub-parsers (the steps of `train`) are of this class too."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
-
-    def add_argument(self, *args, **kwargs) -> argparse.Action:
-        action = super().add_argument(*args, **kwargs)
-        if action.help is None and action.default is not None and action.default is not False:
-            action.help = "default: %(default)s"  # argparse prints nothing for an option without help
-        return action
 
 
 def _top_parser() -> argparse.ArgumentParser:
