@@ -47,6 +47,7 @@ LIVE_TIME_LIMIT_S = 120  # one live stream's maximum length
 STREAM_EVERY_S = 0.25  # microphone chunk period
 MAX_LIVE_STREAMS = int(os.environ.get("PORTRAIT_RT_LIVE_STREAMS", "2"))  # concurrent live streams (all users)
 
+OUTPUTS = tempfile.TemporaryDirectory(prefix="portrait-rt-")  # this process's videos and plots, removed at exit
 PIPE = None  # the pipeline, loaded once in main(); per-user state lives in gr.State, never here
 
 
@@ -86,7 +87,7 @@ def _generate(refs, audio, guidance_audio, guidance_reference, steps, seed, bloc
             generator=make_generator(seed),
             block_size=int(block_size),
         )
-    path = Path(tempfile.mkdtemp(prefix="portrait-rt-")) / f"{name}.mp4"
+    path = Path(tempfile.mkdtemp(dir=OUTPUTS.name)) / f"{name}.mp4"
     return write_video(path, out.frames, out.audio, out.sample_rate), out
 
 
@@ -156,7 +157,8 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
     """The Blocks UI around the loaded pipeline `PIPE`."""
     blocks = block_size_choices(PIPE)
     default_block = int(PIPE.transformer.config.block_size)
-    with gr.Blocks(title="portrait-rt") as demo:
+    # No telemetry; Gradio's copies of inputs and outputs older than an hour are deleted hourly (all at exit).
+    with gr.Blocks(title="portrait-rt", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# portrait-rt: real-time talking portraits\n"
             "Give 1-3 portraits of one face, then talk (**Live**) or upload speech (**File**). The video is made "
