@@ -29,7 +29,7 @@ VAE_PRESETS: dict[str, dict] = {
     },
     # The bundled CPU demo at 128² (assets/portrait-rt-demo): 8 channels and no ResBlocks at H and H/2 (decode speed),
     # the width and the ResBlocks at H/4..H/16 where they are cheap; narrow enough to train on a shared 2-core CPU.
-    # Not in the paper: reference detail attention at H/8 and H/4 (Dref's H/16 grid is 8 x 8 here, coarser than an eye).
+    # Not in the paper: reference detail attention at H/8 and H/4 (Dref's 8 x 8 grid at H/16 is coarser than an eye).
     "demo": {
         "resolution": 128,
         "block_out_channels": [8, 16, 32, 64],
