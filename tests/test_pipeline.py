@@ -39,9 +39,10 @@ def test_stream_equals_call(tiny_pipe, portraits, rate):
 
 
 def test_guidance_one_is_single_unguided_branch(tiny_pipe, portraits):
-    state = tiny_pipe.start_stream(portraits[:1], guidance_audio=1.0, guidance_reference=1.0, num_inference_steps=2)
-    assert state.num_branches == 1
-    assert tiny_pipe.start_stream(portraits[:1], guidance_audio=2.0, guidance_reference=1.0).num_branches == 2
+    stream = tiny_pipe.start_stream(portraits[:1], guidance_audio=1.0, guidance_reference=1.0, num_inference_steps=2)
+    assert stream.group.settings.num_cfg_rows == 1
+    stream = tiny_pipe.start_stream(portraits[:1], guidance_audio=2.0, guidance_reference=1.0)
+    assert stream.group.settings.num_cfg_rows == 2
     x = (speech_like(1.0), SAMPLE_RATE)
     base = tiny_pipe(portraits[:1], x, 1.0, 1.0, num_inference_steps=2, generator=_gen()).frames
     for ga, gr in [(2.0, 1.0), (1.0, 2.0), (3.0, 3.0)]:
@@ -86,11 +87,11 @@ def test_interleaved_streams_are_isolated(tiny_pipe, portraits):
     got_a, got_b = [], []
     for a, b in itertools.zip_longest(_chunks(xa, SAMPLE_RATE, 0), _chunks(xb, 44100, 1)):  # alternate chunks
         if a is not None:
-            got_a += list(tiny_pipe.feed(sa, *a))
+            got_a += [block.frames for block in tiny_pipe.feed(sa, *a)]
         if b is not None:
-            got_b += list(tiny_pipe.feed(sb, *b))
-    got_a += list(tiny_pipe.flush(sa))
-    got_b += list(tiny_pipe.flush(sb))
+            got_b += [block.frames for block in tiny_pipe.feed(sb, *b)]
+    got_a += [block.frames for block in tiny_pipe.flush(sa)]
+    got_b += [block.frames for block in tiny_pipe.flush(sb)]
     assert np.array_equal(np.concatenate(got_a), alone_a)
     assert np.array_equal(np.concatenate(got_b), alone_b)
 
@@ -151,11 +152,11 @@ def test_stream_group_batches_streams_like_solo_runs(tiny_pipe, portraits):
     group = tiny_pipe.start_streams([portraits[:1], portraits[2:]], generators=[_gen(1), _gen(2)], **kw)
     got = [[], []]
     for a, b in itertools.zip_longest(_chunks(xa, SAMPLE_RATE, 0), _chunks(xb, 48000, 1)):
-        for i, frames in enumerate(tiny_pipe.feed_group(group, [a, b])):
-            got[i] += frames
-    batched_blocks = len(group.states[1].timings)
-    for i, state in enumerate(group.states):
-        got[i] += list(tiny_pipe.flush(state))
+        for i, blocks in enumerate(tiny_pipe.feed_group(group, [a, b])):
+            got[i] += [block.frames for block in blocks]
+    batched_blocks = len(got[1])
+    for i, stream in enumerate(group.streams):  # each leaves the group to end on its own
+        got[i] += [block.frames for block in tiny_pipe.flush(stream)]
     assert batched_blocks >= 2  # blocks really ran batched before the streams were flushed apart
     for solo, frames in ((solo_a, got[0]), (solo_b, got[1])):
         frames = np.concatenate(frames)
