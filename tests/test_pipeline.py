@@ -166,10 +166,10 @@ def test_stream_group_batches_streams_like_solo_runs(tiny_pipe, portraits):
 
 def test_bfloat16_pipeline_stays_close_to_float32(tiny_pipe, portraits, tmp_path):
     """The GPU dtype path (bf16 weights, fp32 norms/AdaLN kept by diffusers) against the fp32 reference path."""
-    from portrait_rt.generate import load_pipeline
+    from portrait_rt.loading import load_pipeline
 
     tiny_pipe.save_pretrained(tmp_path / "pipe")
-    bf16 = load_pipeline(str(tmp_path / "pipe"), "cpu", torch_dtype=torch.bfloat16)
+    bf16 = load_pipeline(str(tmp_path / "pipe"), "cpu", torch.bfloat16)
     assert bf16.transformer.proj_out.weight.dtype == torch.bfloat16
     assert bf16.transformer.blocks[0].scale_shift_table.dtype == torch.float32
     x = (speech_like(0.6), SAMPLE_RATE)
