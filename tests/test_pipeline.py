@@ -1,10 +1,13 @@
+import copy
 import itertools
 
 import numpy as np
 import pytest
 import torch
 
-from portrait_rt.constants import FPS, SAMPLE_RATE
+from portrait_rt.audio import AudioStreamBuffer
+from portrait_rt.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from portrait_rt.images import tensor_to_frames
 from portrait_rt.pipeline import PortraitRTPipeline, cfg_combine
 
 from .conftest import speech_like
@@ -162,6 +165,66 @@ def test_stream_group_batches_streams_like_solo_runs(tiny_pipe, portraits):
         frames = np.concatenate(frames)
         assert frames.shape == solo.shape
         assert np.abs(frames.astype(int) - solo.astype(int)).max() <= 1  # batched GEMMs may round differently
+
+
+def test_block_records_carry_the_audio_of_their_frames(tiny_pipe, portraits):
+    """Each block's audio is exactly the model-rate samples of its frames: frame i <-> samples [640 i, 640 (i + 1))."""
+    x, rate = speech_like(1.37, 44100, seed=6), 44100
+    stream = tiny_pipe.start_stream(portraits[:1], num_inference_steps=1, generator=_gen())
+    blocks = [block for chunk in _chunks(x, rate, 2) for block in tiny_pipe.feed(stream, *chunk)]
+    blocks += list(tiny_pipe.flush(stream))
+    resampled = AudioStreamBuffer()  # the clip at the model rate, as any chunking resamples it
+    resampled.push(x, rate)
+    resampled.close()
+    model_rate = resampled.pop(resampled.available)
+    num_frames = sum(len(block.frames) for block in blocks)
+    assert num_frames == -(-model_rate.size // SAMPLES_PER_FRAME)
+    padded = np.pad(
+        model_rate, (0, num_frames * SAMPLES_PER_FRAME - model_rate.size)
+    )  # the last frame's tail: silence
+    first = 0
+    for block in blocks:
+        assert block.first_frame == first and block.audio.size == len(block.frames) * SAMPLES_PER_FRAME
+        assert np.array_equal(
+            block.audio, padded[first * SAMPLES_PER_FRAME : block.audio.size + first * SAMPLES_PER_FRAME]
+        )
+        first += len(block.frames)
+    out = tiny_pipe(portraits[:1], (x, rate), num_inference_steps=1, generator=_gen())
+    assert np.array_equal(out.audio, model_rate)  # __call__ returns the audio its blocks carried: no second resampling
+
+
+def test_a_group_block_decodes_all_streams_in_one_vae_call(tiny_pipe, portraits, monkeypatch):
+    decode, batch_sizes = tiny_pipe.vae.decode_chunk, []
+
+    def counting_decode(z, f_c, cache=None):
+        batch_sizes.append(z.shape[0])
+        return decode(z, f_c, cache=cache)
+
+    monkeypatch.setattr(tiny_pipe.vae, "decode_chunk", counting_decode)
+    group = tiny_pipe.start_streams([portraits[:1], portraits[1:2], portraits[2:]], num_inference_steps=1)
+    blocks = tiny_pipe.feed_group(group, [(speech_like(0.8, seed=i), SAMPLE_RATE) for i in range(3)])
+    assert len(blocks[0]) >= 2 and batch_sizes == [3] * len(blocks[0])
+    with pytest.raises(ValueError, match="feed_group"):
+        next(tiny_pipe.feed(group.streams[0], speech_like(0.1), SAMPLE_RATE))
+
+
+@torch.no_grad()
+def test_batched_decode_equals_solo_decodes(tiny_pipe):
+    """Streams' latents, reference features and causal caches stacked along the batch decode as each alone would."""
+    from .conftest import perturb_
+
+    vae = perturb_(copy.deepcopy(tiny_pipe.vae), std=0.02)
+    g = torch.Generator().manual_seed(0)
+    f_c, _ = vae.encode_reference(torch.rand(2, 2, 3, 64, 64, generator=g) * 2 - 1)  # 2 streams x 2 references
+    z = torch.randn(2, 64, 6, 1, 1, generator=g)  # 3 blocks of 2 latent frames per stream
+    batched_cache, solo_caches = None, [None, None]
+    for block in range(3):
+        z_block = z[:, :, 2 * block : 2 * block + 2]
+        video, batched_cache = vae.decode_chunk(z_block, f_c, cache=batched_cache)
+        for i in range(2):
+            solo, solo_caches[i] = vae.decode_chunk(z_block[i : i + 1], f_c[i : i + 1], cache=solo_caches[i])
+            batched, alone = tensor_to_frames(video[i]).astype(int), tensor_to_frames(solo[0]).astype(int)
+            assert np.abs(batched - alone).max() <= 1  # the group tests' tolerance
 
 
 def test_bfloat16_pipeline_stays_close_to_float32(tiny_pipe, portraits, tmp_path):
