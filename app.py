@@ -249,6 +249,10 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                     with gr.Column():
                         guidance_audio_b = gr.Slider(1, 4, value=3, step=0.1, label="B: audio guidance λa")
                         guidance_reference_b = gr.Slider(1, 4, value=3, step=0.1, label="B: reference guidance λr")
+                setting_a, setting_b = (
+                    [guidance_audio_a, guidance_reference_a],
+                    [guidance_audio_b, guidance_reference_b],
+                )
                 compare_btn = gr.Button("Compare", variant="primary", elem_id="compare")
                 with gr.Row():
                     video_a = gr.Video(label="Setting A", elem_id="video-a")
@@ -287,17 +291,7 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
         )
         compare_btn.click(
             compare,
-            refs
-            + [
-                cmp_audio,
-                guidance_audio_a,
-                guidance_reference_a,
-                guidance_audio_b,
-                guidance_reference_b,
-                steps,
-                seed,
-                block_size,
-            ],
+            refs + [cmp_audio] + setting_a + setting_b + [steps, seed, block_size],
             [video_a, video_b],
             concurrency_id="offline",
         )

@@ -27,7 +27,7 @@ from portrait_rt.loading import add_model_arguments, load_from_args
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--no-guidance", action="store_true", help="guidance 1/1: a single branch")
+    parser.add_argument("--no-guidance", action="store_true", help="guidance 1/1: a single CFG row")
     parser.add_argument("--guidance", type=float, default=2.0, help="audio and reference guidance scale")
     parser.add_argument("--block-size", type=int, default=None)
     parser.add_argument("--streams", type=int, default=1, help="concurrent streams (their blocks batched)")
@@ -78,7 +78,7 @@ def transformer_flops_per_block(pipe, group) -> float:
             torch.zeros(rows, video_frames_for_latents(k, first=block == 0), audio_dim, device="meta"),
         )
     x = torch.zeros(rows, dit.config.in_channels, k, h, w, device="meta")
-    a = torch.zeros(rows, 4 * k, audio_dim, device="meta")
+    a = torch.zeros(rows, video_frames_for_latents(k, first=False), audio_dim, device="meta")
     t = torch.zeros(rows, device="meta")
     with FlopCounterMode(display=False) as counter:
         meta.forward_cached(cache, x, t, a)

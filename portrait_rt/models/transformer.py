@@ -269,7 +269,7 @@ class KVCache:
 
     @property
     def batch_size(self) -> int:
-        """Rows of the cache (B; 3B when the CFG branches are batched)."""
+        """Rows of the cache: one per CFG row of each stream it serves."""
         return self.key.shape[1]
 
     @property
@@ -543,7 +543,7 @@ class FlowDiT(ModelMixin, ConfigMixin):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> KVCache:
-        """Preallocate the KV cache of one stream (static shapes): B rows (all CFG branches), M references."""
+        """Preallocate a KV cache (static shapes): B rows (every CFG row of every stream), M references each."""
         kv_window = kv_window or self.config.kv_window
         block_size = block_size or self.config.block_size
         if not 1 <= num_references <= MAX_REFERENCES:
