@@ -1,7 +1,7 @@
 """portrait-rt: real-time streaming audio-driven talking-portrait video.
 
 from portrait_rt import PortraitRTPipeline, CausalVideoVAE, FlowDiT
-pipe = load_pipeline("assets/portrait-rt-demo")   # `from portrait_rt import load_pipeline`: folder, Hub id or preset:NAME
+pipe = load_pipeline("assets/portrait-rt-demo")   # also from portrait_rt: a folder, a Hub id or preset:NAME
 """
 
 from importlib import import_module
