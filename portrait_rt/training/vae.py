@@ -92,6 +92,14 @@ def mouth_area(video: torch.Tensor) -> torch.Tensor:
     return mouth_region(video, dilate=0).mean(dim=(1, 3, 4)) / MOUTH_AREA_SCALE
 
 
+def image_gradient_l1(recon: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+    """L1 between the horizontal and vertical pixel differences of `recon` and `video` (B, 3, T, H, W): a sharpness
+    term (an edge the reconstruction blurs costs twice, once per side)."""
+    dx = (recon.diff(dim=-1) - video.diff(dim=-1)).abs().mean()
+    dy = (recon.diff(dim=-2) - video.diff(dim=-2)).abs().mean()
+    return dx + dy
+
+
 class VAETrainingModule(nn.Module):
     """The VAE and its loss in one module, so `accelerate` (DDP, autocast) wraps a single forward."""
 
@@ -104,9 +112,11 @@ class VAETrainingModule(nn.Module):
         lpips: LPIPS | None = None,
         lpips_weight: float = 0.0,
         mouth_probe_weight: float = 0.0,
+        gradient_weight: float = 0.0,
     ):
         super().__init__()
         self.vae, self.kl_weight, self.sample_posterior = vae, kl_weight, sample_posterior
+        self.gradient_weight = gradient_weight
         self.mouth_weight, self.mouth_probe_weight = mouth_weight, mouth_probe_weight
         # 4 outputs per latent frame: the areas of its 4 video frames (the first latent frame: frame 0, 4 times).
         self.mouth_probe = nn.Conv3d(vae.config.latent_channels, 4, 1) if mouth_probe_weight > 0 else None
@@ -124,6 +134,10 @@ class VAETrainingModule(nn.Module):
             mouth = mouth_region(video, recon)
             logs["mouth_l1"] = (error * mouth).detach().sum() / (3 * mouth.sum()).clamp_min(1.0)
             l1 = l1 + self.mouth_weight * (error * mouth).mean()
+        if self.gradient_weight > 0:
+            grad = image_gradient_l1(recon.float(), video)
+            logs["gradient_l1"] = grad.detach()
+            l1 = l1 + self.gradient_weight * grad
         if self.mouth_probe is not None:
             area = mouth_area(video)  # (B, 1 + 4n)
             area = torch.cat([area[:, :1].expand(-1, 3), area], dim=1).unflatten(1, (-1, 4))  # (B, n + 1, 4)
@@ -164,9 +178,10 @@ class VAETrainer(Trainer):
         lpips_weight: float = 0.0,
         lpips_backbone: str | None = None,
         lpips_heads: str | None = None,
+        gradient_weight: float = 0.0,
     ):
-        if lpips_weight < 0:
-            raise ValueError(f"--lpips-weight must be >= 0, got {lpips_weight}.")
+        if lpips_weight < 0 or gradient_weight < 0:
+            raise ValueError(f"--lpips-weight, --gradient-weight must be >= 0, got {lpips_weight}, {gradient_weight}.")
         if lpips_weight > 0 and not (lpips_backbone and lpips_heads):
             raise ValueError(
                 "--lpips-weight > 0 needs local LPIPS weights (nothing is downloaded): pass --lpips-backbone "
@@ -174,6 +189,7 @@ class VAETrainer(Trainer):
                 "package's weights/v0.1/vgg.pth), or leave --lpips-weight at 0."
             )
         self.lpips_weight, self.lpips_backbone, self.lpips_heads = lpips_weight, lpips_backbone, lpips_heads
+        self.gradient_weight = gradient_weight
         if mouth_weight < 0 or mouth_probe_weight < 0:
             raise ValueError(f"--mouth-weight and --mouth-probe-weight must be >= 0, got {mouth_weight}, "
                              f"{mouth_probe_weight}.")  # fmt: skip
@@ -195,6 +211,14 @@ class VAETrainer(Trainer):
     def build_module(self) -> nn.Module:
         if self.init_from:
             vae = CausalVideoVAE.from_pretrained(self.init_from)
+            if self.config_overrides:  # grow a trained VAE: new modules start from their own initialisation
+                config = {k: v for k, v in vae.config.items() if k != "_use_default_values"}  # else defaults win
+                grown = CausalVideoVAE.from_config({**config, **self.config_overrides})
+                missing, unexpected = grown.load_state_dict(vae.state_dict(), strict=False)
+                if unexpected:
+                    raise ValueError(f"--config-json changes trained modules of --init-from: {unexpected[:4]} ...")
+                logger.info("grown from %s: %d new tensors (%s ...)", self.init_from, len(missing), missing[:3])
+                vae = grown
         else:
             cfg = get_preset(self.preset)["vae"]
             cfg.update(resolution=self.store.resolution, use_crva=self.use_crva, **self.config_overrides)
@@ -215,6 +239,7 @@ class VAETrainer(Trainer):
             mouth_probe_weight=self.mouth_probe_weight,
             lpips=lpips,
             lpips_weight=self.lpips_weight,
+            gradient_weight=self.gradient_weight,
         )
 
     def stage(self, step: int) -> tuple[int, int]:
@@ -311,6 +336,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train the decoder only (D1, Dref, D2): latents cached for the DiT stay valid (module docstring)",
     )
+    parser.add_argument(
+        "--gradient-weight", type=float, default=0.0, help="weight of the image-gradient L1 (a sharpness term)"
+    )
     parser.add_argument("--config-json", default=None, help="JSON dict of VAE config values overriding the preset")
 
 
@@ -336,4 +364,5 @@ def build_trainer(args: argparse.Namespace) -> VAETrainer:
         lpips_weight=args.lpips_weight,
         lpips_backbone=args.lpips_backbone,
         lpips_heads=args.lpips_heads,
+        gradient_weight=args.gradient_weight,
     )
