@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 
+from portrait_rt.constants import SCHEDULER_SHIFT
+
 # CausalVideoVAE configs (portrait_rt/models/vae.py).
 VAE_PRESETS: dict[str, dict] = {
     # Paper sizes (§4.1, supplementary): 8 ResBlocks in E1 (2 per stage), E2 = 2 x (ResBlock + down), C_f = 1024,
@@ -95,7 +97,7 @@ AUDIO_ENCODER_PRESETS: dict[str, dict] = {
 
 # FlowMatchEulerDiscreteScheduler configs: the paper's timestep shift of 5 (§4.1). Resolution, block size and KV
 # window live in the VAE and transformer configs; steps and guidance are call arguments.
-SCHEDULER_PRESETS: dict[str, dict] = {name: {"shift": 5.0} for name in ("paper", "demo", "tiny")}
+SCHEDULER_PRESETS: dict[str, dict] = {name: {"shift": SCHEDULER_SHIFT} for name in ("paper", "demo", "tiny")}
 
 PRESET_NAMES = ("paper", "demo", "tiny")
 

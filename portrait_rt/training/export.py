@@ -18,12 +18,11 @@ from pathlib import Path
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+from portrait_rt.constants import SCHEDULER_SHIFT
 from portrait_rt.models.audio_encoder import AudioEncoder
 from portrait_rt.models.transformer import FlowDiT
 from portrait_rt.models.vae import CausalVideoVAE
 from portrait_rt.pipeline import PortraitRTPipeline
-
-SCHEDULER_SHIFT = 5.0  # paper §4.1
 
 
 def build_pipeline(vae_dir: str | Path, dit_dir: str | Path) -> PortraitRTPipeline:

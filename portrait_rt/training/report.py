@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from portrait_rt.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from portrait_rt.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, usable_video_frames
 from portrait_rt.data.synthetic import render_clip
 from portrait_rt.eval.metrics import (
     MAX_PSNR,
@@ -41,6 +41,7 @@ from portrait_rt.eval.metrics import (
     mouth_opening,
     reconstruction_by_references,
 )
+from portrait_rt.images import frames_to_tensor, tensor_to_frames
 from portrait_rt.pipeline import PortraitRTPipeline
 
 CFG_SETTINGS = ((1.0, 1.0), (2.0, 1.0), (2.0, 2.0), (2.0, 3.0), (3.0, 2.0))
@@ -60,21 +61,19 @@ def _generate(pipe, reference, audio, la=2.0, lr=2.0, steps=12, seed=0) -> tuple
 @torch.no_grad()
 def vae_reconstruct(vae, frames: np.ndarray) -> np.ndarray:
     """Encode + decode a clip (first frame as the one reference): what the DiT could at best reproduce."""
-    n = 1 + 4 * ((len(frames) - 1) // 4)
-    x = torch.from_numpy(frames[:n]).to(vae.dtype) / 127.5 - 1  # (T, H, W, 3)
-    video = x.permute(3, 0, 1, 2)[None]  # (1, 3, T, H, W)
-    recon, _ = vae(video, x[:1].permute(0, 3, 1, 2)[None], sample_posterior=False)
-    return ((recon[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()  # (T, H, W, 3)
+    x = frames_to_tensor(frames[: usable_video_frames(len(frames))]).to(vae.dtype)  # (T, 3, H, W)
+    recon, _ = vae(x.movedim(0, 1)[None], x[None, :1], sample_posterior=False)  # video (1, 3, T, H, W), 1 reference
+    return tensor_to_frames(recon[0].movedim(0, 1))  # (T, H, W, 3)
 
 
 def vae_psnr_by_references(vae, clips, num_frames: int = 17) -> dict[int, float]:
     """PSNR per M of 17-frame windows reconstructed with M of 3 other frames of the same clip as references."""
     batches = []
     for clip in clips:
-        f = torch.from_numpy(clip.frames).float() / 127.5 - 1  # (T, H, W, 3)
+        f = frames_to_tensor(clip.frames)  # (T, 3, H, W)
         start = len(f) // 2
-        video = f[start : start + num_frames].permute(3, 0, 1, 2)[None]  # (1, 3, T, H, W)
-        refs = f[[0, len(f) // 4, len(f) - 1]].permute(0, 3, 1, 2)[None]  # (1, 3, 3, H, W)
+        video = f[start : start + num_frames].movedim(0, 1)[None]  # (1, 3, T, H, W)
+        refs = f[[0, len(f) // 4, len(f) - 1]][None]  # (1, 3, 3, H, W)
         batches.append({"video": video.to(vae.dtype), "references": refs.to(vae.dtype)})
     return {m: v["psnr"] for m, v in reconstruction_by_references(vae, batches).items()}
 

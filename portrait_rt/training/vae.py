@@ -35,15 +35,15 @@ import argparse
 import json
 import logging
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from portrait_rt.constants import MAX_REFERENCES
+from portrait_rt.constants import MAX_REFERENCES, usable_video_frames
 from portrait_rt.data.shards import ClipStore
 from portrait_rt.data.synthetic import MOUTH_INTERIOR_RGB
 from portrait_rt.eval.metrics import KEY_INNER, KEY_OUTER
+from portrait_rt.images import frames_to_tensor
 from portrait_rt.models.vae import CausalVideoVAE
 from portrait_rt.presets import get_preset
 from portrait_rt.training.common import TrainConfig, Trainer, add_common_arguments, config_from_args
@@ -65,12 +65,6 @@ def parse_stages(text: str) -> list[tuple[int, int, int]]:
         if (frames - 1) % 4 or batch < 1 or int(steps) < 1:
             raise ValueError(f"--stages {part!r}: frames must be 1 + 4n (5, 17, ...), batch and steps >= 1.")
     return stages
-
-
-def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.array(frames)).float() / 127.5 - 1.0  # copies: shard frames are read-only mmaps
-    return x.movedim(-1, -3)
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -138,7 +132,7 @@ class VAETrainingModule(nn.Module):
         logs = {"l1": l1.detach()}
         if self.mouth_weight > 0:
             mouth = mouth_region(video, recon)
-            logs["mouth_l1"] = (error * mouth).sum() / (3 * mouth.sum()).clamp_min(1.0)
+            logs["mouth_l1"] = (error * mouth).detach().sum() / (3 * mouth.sum()).clamp_min(1.0)
             l1 = l1 + self.mouth_weight * (error * mouth).mean()
         if self.gradient_weight > 0:
             grad = image_gradient_l1(recon.float(), video)
@@ -295,7 +289,7 @@ def latent_statistics(
     zs = []
     for i in range(min(num_clips, len(store))):
         frames, _ = store.load(i)
-        n = min(num_frames, 1 + 4 * ((frames.shape[0] - 1) // 4))
+        n = min(num_frames, usable_video_frames(frames.shape[0]))
         video = frames_to_tensor(frames[:n]).movedim(0, 1)[None].to(vae.device, vae.dtype)  # (1, 3, T, H, W)
         zs.append(vae.encode(video).mode().float().flatten())
     z = torch.cat(zs)
