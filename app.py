@@ -2,8 +2,8 @@
 
     python app.py [--model PATH_OR_HUB_ID] [--port 7860] [--host 127.0.0.1]
 
-Widgets and event wiring only: the pipeline (`portrait_rt.pipeline`) generates, `portrait_rt.app_support` holds the
-rest (model choice, input checks, live segments, readouts, the lip-sync plot).
+Widgets and event wiring only: the library loads (`portrait_rt.loading`) and generates (`portrait_rt.pipeline`); the
+Space's own helpers sit beside this file in `space/` (input checks, live mode, readouts, the lip-sync plot, About).
 
 Live mode: the microphone's `.stream` event only queues chunks in the tab's `LiveSession` (`gr.State`); the live
 generator, started by `.start_recording`, turns them into video segments for a streaming `gr.Video`, and
@@ -23,23 +23,11 @@ import gradio as gr
 import spaces
 from PIL import Image
 
-from portrait_rt.app_support import (
-    LiveSession,
-    LiveStream,
-    ModelChoice,
-    about_markdown,
-    block_size_choices,
-    choose_model,
-    collect_references,
-    lipsync_plot,
-    load_model,
-    make_generator,
-    require_audio,
-    run_live,
-    speed_readout,
-    user_errors,
-)
+from portrait_rt.loading import ModelChoice, add_model_arguments, load_from_args
 from portrait_rt.video import write_video
+from space.inputs import collect_references, make_generator, require_audio, user_errors
+from space.live import LiveSession, LiveStream, run_live
+from space.panels import about_markdown, block_size_choices, lipsync_plot, speed_readout
 
 HERE = Path(__file__).parent
 EXAMPLES = HERE / "assets" / "examples"
@@ -92,25 +80,54 @@ def _generate(refs, audio, guidance_audio, guidance_reference, steps, seed, bloc
 
 
 @spaces.GPU(duration=120)
-def generate(ref1, ref2, ref3, audio, la, lr, steps, seed, block_size, progress=gr.Progress(track_tqdm=True)):
+def generate(
+    ref1,
+    ref2,
+    ref3,
+    audio,
+    guidance_audio,
+    guidance_reference,
+    steps,
+    seed,
+    block_size,
+    progress=gr.Progress(track_tqdm=True),
+):
     """File mode: the whole clip -> an mp4 with the audio, the lip-sync plot and a speed readout."""
-    path, out = _generate((ref1, ref2, ref3), audio, la, lr, steps, seed, block_size, "portrait-rt")
+    refs = (ref1, ref2, ref3)
+    path, out = _generate(refs, audio, guidance_audio, guidance_reference, steps, seed, block_size, "portrait-rt")
     plot, sync = lipsync_plot(out.frames, out.audio, path.parent)
     return str(path), plot and str(plot), f"{speed_readout(out.timings, len(out.frames))}\n\n{sync}"
 
 
 @spaces.GPU(duration=240)
-def compare(ref1, ref2, ref3, audio, la_a, lr_a, la_b, lr_b, steps, seed, block_size, progress=gr.Progress()):
-    """The same references, audio and seed at two guidance settings, side by side."""
+def compare(
+    ref1,
+    ref2,
+    ref3,
+    audio,
+    guidance_audio_a,
+    guidance_reference_a,
+    guidance_audio_b,
+    guidance_reference_b,
+    steps,
+    seed,
+    block_size,
+    progress=gr.Progress(),
+):
+    """The same references, audio and seed at two guidance settings (audio, reference), side by side."""
     progress(0.0, desc="Setting A")
-    path_a, _ = _generate((ref1, ref2, ref3), audio, la_a, lr_a, steps, seed, block_size, "setting-a")
+    path_a, _ = _generate(
+        (ref1, ref2, ref3), audio, guidance_audio_a, guidance_reference_a, steps, seed, block_size, "setting-a"
+    )
     progress(0.5, desc="Setting B")
-    path_b, _ = _generate((ref1, ref2, ref3), audio, la_b, lr_b, steps, seed, block_size, "setting-b")
+    path_b, _ = _generate(
+        (ref1, ref2, ref3), audio, guidance_audio_b, guidance_reference_b, steps, seed, block_size, "setting-b"
+    )
     return str(path_a), str(path_b)
 
 
 @spaces.GPU(duration=LIVE_TIME_LIMIT_S + 30)
-def live(ref1, ref2, ref3, la, lr, steps, seed, block_size, session: LiveSession):
+def live(ref1, ref2, ref3, guidance_audio, guidance_reference, steps, seed, block_size, session: LiveSession):
     """Live mode: microphone chunks from `session` -> streamed video segments (with their audio) + readout."""
     if not session.begin():
         gr.Warning("A live stream is already running in this tab; wait for it to finish, then record again.")
@@ -120,10 +137,10 @@ def live(ref1, ref2, ref3, la, lr, steps, seed, block_size, session: LiveSession
     try:
         try:
             with user_errors():
-                state = PIPE.start_stream(
+                stream = PIPE.start_stream(
                     collect_references(ref1, ref2, ref3),
-                    guidance_audio=float(la),
-                    guidance_reference=float(lr),
+                    guidance_audio=float(guidance_audio),
+                    guidance_reference=float(guidance_reference),
                     num_inference_steps=int(steps),
                     generator=make_generator(seed),
                     block_size=int(block_size),
@@ -132,12 +149,12 @@ def live(ref1, ref2, ref3, la, lr, steps, seed, block_size, session: LiveSession
             session.fail()  # this recording's audio must not leak into the next stream
             raise
         yield gr.skip(), "Listening… the first video segment comes after about a second of audio."
-        stream = LiveStream(PIPE, state, out_dir)
-        for segment, readout in run_live(stream, session):
+        live_stream = LiveStream(PIPE, stream, out_dir)
+        for segment, readout in run_live(live_stream, session):
             yield str(segment), readout
-        if stream.frames_written == 0:
+        if live_stream.frames_written == 0:
             gr.Warning("No audio came from the microphone; check the browser's microphone permission.")
-        yield gr.skip(), f"{stream.readout()} · stream finished."
+        yield gr.skip(), f"{live_stream.readout()} · stream finished."
     finally:
         session.end()
         shutil.rmtree(out_dir, ignore_errors=True)  # Gradio has copied each segment once it was yielded
@@ -173,7 +190,7 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                         reference_image(3, "optional"),
                     )
             with gr.Column(scale=2):
-                la = gr.Slider(
+                guidance_audio = gr.Slider(
                     1,
                     4,
                     value=2,
@@ -181,7 +198,7 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                     label="Audio guidance λa",
                     info="Higher: the mouth follows the speech more closely (lip sync).",
                 )
-                lr = gr.Slider(
+                guidance_reference = gr.Slider(
                     1,
                     4,
                     value=2,
@@ -198,7 +215,7 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                     label="Block size (latent frames)",
                     info="Smaller: lower latency. Larger: higher throughput. 1 = 4 video frames.",
                 )
-        settings = [la, lr, steps, seed, block_size]
+        settings = [guidance_audio, guidance_reference, steps, seed, block_size]
 
         with gr.Tabs():
             with gr.Tab("Live", id="live"):
@@ -229,11 +246,15 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                         sources=["upload"], type="filepath", label="Speech audio", elem_id="cmp-audio"
                     )
                     with gr.Column():
-                        la_a = gr.Slider(1, 4, value=1, step=0.1, label="A: audio guidance λa")
-                        lr_a = gr.Slider(1, 4, value=1, step=0.1, label="A: reference guidance λr")
+                        guidance_audio_a = gr.Slider(1, 4, value=1, step=0.1, label="A: audio guidance λa")
+                        guidance_reference_a = gr.Slider(1, 4, value=1, step=0.1, label="A: reference guidance λr")
                     with gr.Column():
-                        la_b = gr.Slider(1, 4, value=3, step=0.1, label="B: audio guidance λa")
-                        lr_b = gr.Slider(1, 4, value=3, step=0.1, label="B: reference guidance λr")
+                        guidance_audio_b = gr.Slider(1, 4, value=3, step=0.1, label="B: audio guidance λa")
+                        guidance_reference_b = gr.Slider(1, 4, value=3, step=0.1, label="B: reference guidance λr")
+                setting_a, setting_b = (
+                    [guidance_audio_a, guidance_reference_a],
+                    [guidance_audio_b, guidance_reference_b],
+                )
                 compare_btn = gr.Button("Compare", variant="primary", elem_id="compare")
                 with gr.Row():
                     video_a = gr.Video(label="Setting A", elem_id="video-a")
@@ -272,7 +293,7 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
         )
         compare_btn.click(
             compare,
-            refs + [cmp_audio, la_a, lr_a, la_b, lr_b, steps, seed, block_size],
+            refs + [cmp_audio] + setting_a + setting_b + [steps, seed, block_size],
             [video_a, video_b],
             concurrency_id="offline",
         )
@@ -281,19 +302,14 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="pipeline folder, Hub id or preset:NAME "
-        "(default: $PORTRAIT_RT_MODEL, else assets/portrait-rt-demo, else preset:tiny)",
-    )
+    add_model_arguments(parser)
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     args = parser.parse_args(argv)
 
     global PIPE
-    choice = choose_model(args.model, HERE / "assets" / "portrait-rt-demo")
-    PIPE = load_model(choice)
+    PIPE, choice = load_from_args(args)
+    PIPE.set_progress_bar_config(disable=False)
     demo = build_demo(choice)
     demo.queue(default_concurrency_limit=1, max_size=32)
     demo.launch(server_name=args.host, server_port=args.port, show_error=True)

@@ -1,6 +1,7 @@
 """portrait-rt: real-time streaming audio-driven talking-portrait video.
 
 from portrait_rt import PortraitRTPipeline, CausalVideoVAE, FlowDiT
+pipe = load_pipeline("assets/portrait-rt-demo")   # also from portrait_rt: a folder, a Hub id or preset:NAME
 """
 
 from importlib import import_module
@@ -14,6 +15,7 @@ _LAZY = {
     "FlowDiT": "portrait_rt.models.transformer",
     "AudioEncoder": "portrait_rt.models.audio_encoder",
     "PretrainedAudioEncoder": "portrait_rt.models.pretrained_audio_encoder",
+    "load_pipeline": "portrait_rt.loading",
 }
 
 __all__ = list(_LAZY)

@@ -1,10 +1,11 @@
 """Streaming speed benchmark: `python -m portrait_rt bench` (also `python benchmarks/stream.py`), prints JSON.
 
-Runs `pipe.start_stream` / `pipe.feed` on synthetic speech-like audio for a preset or a model folder, after warm-up,
-and reports sustained FPS, first-block latency, per-component milliseconds (audio encoder, denoising, KV pass,
-decode), peak memory, the analytical FLOPs of G per block (counted by `torch.utils.flop_counter` on the meta device)
-with the MFU they imply, and the same figures over the last minutes of a long stream (flatness).
-Random weights are fine for speed: it does not depend on weight values.
+Runs `pipe.start_streams` / `pipe.feed_group` (one stream is a group of one; `--streams N` batches N) on synthetic
+speech-like audio, after warm-up, and reports sustained FPS, first-block latency, per-component milliseconds from the
+block records' timings (audio encoder, denoising, KV pass, decode: a group's block step is shared by its streams),
+peak memory, the analytical FLOPs of G per block (counted by `torch.utils.flop_counter` on the meta device) with the
+MFU they imply, and the same figures over the last minutes of a long stream (flatness). The model is loaded as
+everywhere else (`portrait_rt.loading`); random weights (`--model preset:NAME`) are fine for speed.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ import time
 import numpy as np
 import torch
 
-from portrait_rt.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from portrait_rt.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, video_frames_for_latents
+from portrait_rt.loading import add_model_arguments, load_from_args
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="preset:tiny", help="`preset:NAME` (random weights) or a pipeline folder")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--no-guidance", action="store_true", help="guidance 1/1: a single branch")
+    parser.add_argument("--no-guidance", action="store_true", help="guidance 1/1: a single CFG row")
     parser.add_argument("--guidance", type=float, default=2.0, help="audio and reference guidance scale")
     parser.add_argument("--block-size", type=int, default=None)
     parser.add_argument("--streams", type=int, default=1, help="concurrent streams (their blocks batched)")
@@ -35,14 +35,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="warm-up blocks per stream")
     parser.add_argument("--minutes", type=float, default=0.0, help="stream this long and report flatness")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--compile", default=None, help="torch.compile backend for the per-block paths (inductor)")
     parser.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead (CUDA graphs), max-autotune")
     parser.add_argument("--out", default=None, help="also write the JSON here")
 
 
-def _peak_memory_mb(device: str) -> float:
-    if device.startswith("cuda"):
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
@@ -52,7 +51,7 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def transformer_flops_per_block(pipe, state) -> float:
+def transformer_flops_per_block(pipe, group) -> float:
     """FLOPs of G for one block: steps x (all CFG rows) forwards + the t=0 KV pass, with a full KV window.
 
     Counted by `torch.utils.flop_counter.FlopCounterMode` on a meta-device copy of the transformer, so it is exact
@@ -63,45 +62,38 @@ def transformer_flops_per_block(pipe, state) -> float:
     dit = pipe.transformer
     with torch.device("meta"):
         meta = type(dit).from_config(dit.config)
-    rows, k = state.num_branches, state.block_size
+    rows, k = group.settings.num_cfg_rows, group.settings.block_size
     h = w = pipe.resolution // 64
-    m = state.reference_frames.shape[0]
+    m = group.streams[0].reference_frames.shape[0]
     cache = meta.init_kv_cache(rows, m, latent_size=(h, w), block_size=k, device="meta", dtype=torch.float32)
     z_r = torch.zeros(rows, m, dit.config.in_channels, h, w, device="meta")
     meta.prefill_references(cache, z_r)
     audio_dim = dit.config.audio_dim
     # fill the window up to its last block: the slowest (longest-context) block, as the paper reports
     window = meta.config.kv_window
-    first = True
-    for _ in range(window // k - 1):
-        n = 1 + 4 * (k - 1) if first else 4 * k
+    for block in range(window // k - 1):
         meta.update_cache(
             cache,
             torch.zeros(rows, dit.config.in_channels, k, h, w, device="meta"),
-            torch.zeros(rows, n, audio_dim, device="meta"),
+            torch.zeros(rows, video_frames_for_latents(k, first=block == 0), audio_dim, device="meta"),
         )
-        first = False
     x = torch.zeros(rows, dit.config.in_channels, k, h, w, device="meta")
-    a = torch.zeros(rows, 4 * k, audio_dim, device="meta")
+    a = torch.zeros(rows, video_frames_for_latents(k, first=False), audio_dim, device="meta")
     t = torch.zeros(rows, device="meta")
     with FlopCounterMode(display=False) as counter:
         meta.forward_cached(cache, x, t, a)
     step = counter.get_total_flops()
     with FlopCounterMode(display=False) as counter:
         meta.update_cache(cache, x, a)
-    return float(step * state.num_inference_steps + counter.get_total_flops())
+    return float(step * group.settings.num_inference_steps + counter.get_total_flops())
 
 
 KNOWN_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10G": 125.0, "RTX 4090": 165.0}
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
-    from portrait_rt.generate import load_pipeline
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
-    pipe = load_pipeline(args.model, args.device, torch_dtype=None if dtype == torch.float32 else dtype)
+    pipe, choice = load_from_args(args)
+    device = pipe.device
     if args.compile:
         pipe.compile_streaming(backend=args.compile, mode=args.compile_mode)
     guidance = 1.0 if args.no_guidance else args.guidance
@@ -116,42 +108,42 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         num_inference_steps=args.steps,
         block_size=args.block_size,
     )
-    states = group.states
-    block_frames = states[0].block_video_frames(1)
+    position = group.position
+    block_frames = position.block_video_frames(1)
     rng = np.random.default_rng(0)
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def one_block() -> tuple[int, float]:
-        """Feed every stream one block's worth of audio (their blocks run batched); return (frames, seconds)."""
-        n = states[0].block_video_frames() + (
-            pipe.audio_encoder.config.lookahead_frames if not states[0].block_index else 0
+    def one_block() -> tuple[int, list, float]:
+        """Feed every stream one block's worth of audio (their blocks run batched): (frames, timings, seconds)."""
+        n = position.block_video_frames() + (
+            pipe.audio_encoder.config.lookahead_frames if not position.block_index else 0
         )
         audio = (0.2 * rng.standard_normal(n * SAMPLES_PER_FRAME)).astype(np.float32)
         start = time.perf_counter()
-        out = pipe.feed_group(group, [(audio, SAMPLE_RATE)] * len(states))
+        out = pipe.feed_group(group, [(audio, SAMPLE_RATE)] * len(group.streams))
         sync()
-        return sum(f.shape[0] for frames in out for f in frames), time.perf_counter() - start
+        records = [record for records in out for record in records]
+        return sum(len(r.frames) for r in records), [r.timing for r in records], time.perf_counter() - start
 
-    first_latency = one_block()[1] * 1e3  # compute time of the first block (its audio and look-ahead all arrived)
+    first_latency = one_block()[2] * 1e3  # compute time of the first block (its audio and look-ahead all arrived)
     for _ in range(max(0, args.warmup - 1)):
         one_block()
-    if args.device.startswith("cuda"):
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
     def measure(num_blocks: int) -> dict:
-        frames, start = 0, time.perf_counter()
-        marks = [len(s.timings) for s in states]
+        frames, timings, start = 0, [], time.perf_counter()
         for _ in range(num_blocks):
-            frames += one_block()[0]
+            n, block_timings, _ = one_block()
+            frames, timings = frames + n, timings + block_timings
         seconds = time.perf_counter() - start
-        timings = [t for s, m in zip(states, marks) for t in s.timings[m:]]
         mean = {
             k: float(np.mean([getattr(t, k) for t in timings]))
             for k in ("audio_ms", "denoise_ms", "kv_ms", "decode_ms", "total_ms")
         }
         return {
             "fps_total": frames / seconds,
-            "fps_per_stream": frames / seconds / len(states),
+            "fps_per_stream": frames / seconds / len(group.streams),
             "block_ms_mean": mean["total_ms"],
             "block_ms_p95": float(np.percentile([t.total_ms for t in timings], 95)),
             "components_ms": mean,
@@ -159,28 +151,28 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         }
 
     result = measure(args.blocks)
-    flops = transformer_flops_per_block(pipe, states[0])
+    flops = transformer_flops_per_block(pipe, group)
     g_seconds = (result["components_ms"]["denoise_ms"] + result["components_ms"]["kv_ms"]) / 1e3
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     peak = args.peak_tflops or next((v for k, v in KNOWN_PEAK_TFLOPS.items() if k in name), None)
     report = {
-        "model": args.model,
+        "model": choice.model,
         "device": name,
-        "device_kind": args.device,
+        "device_kind": device.type,
         "threads": torch.get_num_threads(),
-        "dtype": args.dtype,
+        "dtype": str(pipe.transformer.dtype).removeprefix("torch."),
         "compile": args.compile,
         "compile_mode": args.compile_mode,
         "resolution": res,
         "steps": args.steps,
         "guidance": guidance,
-        "cfg_rows": states[0].num_branches,
-        "block_size": states[0].block_size,
+        "cfg_rows": group.settings.num_cfg_rows,
+        "block_size": group.settings.block_size,
         "frames_per_block": block_frames,
         "streams": args.streams,
         "first_block_latency_ms": first_latency,
         **result,
-        "peak_memory_mb": _peak_memory_mb(args.device),
+        "peak_memory_mb": _peak_memory_mb(device),
         "g_tflop_per_block": flops / 1e12,
         "g_tflops_achieved": flops / g_seconds / 1e12 if g_seconds else None,
         "mfu": flops / g_seconds / (peak * 1e12) if peak and g_seconds else None,

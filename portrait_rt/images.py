@@ -1,8 +1,12 @@
-"""Reference images: 1-3 portraits from paths, PIL images or arrays -> square RGB uint8 at the model resolution.
+"""Images and frames: reference portraits in, and the one rule between uint8 pixels and the VAE's [-1, 1].
 
+Reference images: 1-3 portraits from paths, PIL images or arrays -> square RGB uint8 at the model resolution.
 Handles RGBA/LA (composited on white), grayscale, palette, CMYK, 16-bit and float arrays, and EXIF rotation;
 centre-crops to a square and resizes with Lanczos. Non-images, empty images, absurdly large images and a wrong
 number of images raise `ValueError` saying what to change.
+
+Pixels: `frames_to_tensor` (uint8 0..255 -> float in [-1, 1]) and `tensor_to_frames` (back, clamped and rounded)
+are the only places that convert; everything that feeds or reads the VAE goes through them.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from portrait_rt.constants import MAX_REFERENCES
@@ -108,3 +113,14 @@ def load_reference_images(images, resolution: int) -> np.ndarray:
     if len(images) > MAX_REFERENCES:
         raise ValueError(f"Got {len(images)} reference images; give 1 to {MAX_REFERENCES}.")
     return np.stack([load_image(im, resolution) for im in images])
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames (..., H, W, 3) -> float32 (..., 3, H, W) in [-1, 1], the VAE's pixel range (a copy)."""
+    x = torch.from_numpy(np.array(frames)).float() / 127.5 - 1.0  # np.array copies: read-only mmaps are fine
+    return x.movedim(-1, -3)
+
+
+def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
+    """Float (..., 3, H, W) in [-1, 1] (clamped) -> uint8 frames (..., H, W, 3) on the CPU, rounded to nearest."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()

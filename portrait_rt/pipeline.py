@@ -4,20 +4,27 @@
     out = pipe(reference_images=["me.png"], audio="speech.wav")              # out.frames: uint8 (T, H, W, 3)
     for frames in pipe.stream(["me.png"], microphone_chunks):                # uint8 (t, H, W, 3) per block
         ...
+    stream = pipe.start_stream(["me.png"])                                   # or block by block, with the audio:
+    for block in pipe.feed(stream, samples, sample_rate): ...                # BlockRecord: frames, audio, timing
+    for block in pipe.flush(stream): ...                                     # the end: the last partial block
 
-Streaming, per block of k latent frames (16 video frames for k = 4; 13 for a stream's first block):
-1. the block's audio features (built-in or pretrained audio encoder, per 25 fps frame);
-2. `num_inference_steps` Euler steps of rectified flow with G reading the KV cache (CFG branches batched);
+One block loop (`_run_blocks`) serves every entry point: `__call__` feeds one stream the whole clip, `stream()` feeds
+it chunk by chunk, `feed_group` steps a group of streams batched; a single stream is a group of one
+(`portrait_rt.streaming` holds the state). Per block of k latent frames (16 video frames for k = 4; 13 for a
+stream's first block):
+1. the block's audio: model-rate samples and audio-encoder features, per 25 fps frame (`StreamAudio.take_block`);
+2. `num_inference_steps` Euler steps of rectified flow with G reading the KV cache (all CFG rows of all streams
+   batched), combined by equation (I) (`cfg_combine`);
 3. one pass of G at t = 0 on the clean block, the only pass that writes the KV cache (window reset inside G);
-4. the causal VAE decoder turns the block into frames, carrying its convolution caches.
+4. the causal VAE decoder turns every stream's block into frames in one call, carrying their convolution caches;
+5. a `BlockRecord` per stream: the frames, the audio that drove them, the timing.
 
-`__call__` is `stream()` on the whole clip, so the two agree frame for frame given the same seed.
+So `__call__`, `stream()` and any chunking of the audio agree frame for frame given the same seed.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import os
 import time
@@ -30,16 +37,25 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from portrait_rt.audio import is_silent, load_audio, read_mono
+from portrait_rt.audio import is_silent, read_mono
 from portrait_rt.constants import SAMPLE_RATE, SAMPLES_PER_FRAME, SPATIAL_COMPRESSION
 from portrait_rt.hub import load_components
-from portrait_rt.images import load_reference_images
+from portrait_rt.images import frames_to_tensor, load_reference_images, tensor_to_frames
 from portrait_rt.models.audio_encoder import AudioEncoder
 from portrait_rt.models.pretrained_audio_encoder import PretrainedAudioEncoder
-from portrait_rt.models.transformer import FlowDiT
+from portrait_rt.models.transformer import FlowDiT, check_block_size
 from portrait_rt.models.vae import CausalVideoVAE
 from portrait_rt.presets import get_preset
-from portrait_rt.streaming import BlockTiming, StreamGroup, StreamState
+from portrait_rt.streaming import (
+    BlockAudio,
+    BlockRecord,
+    BlockTiming,
+    Stream,
+    StreamAudio,
+    StreamGroup,
+    StreamPosition,
+    StreamSettings,
+)
 
 MAX_GUIDANCE = 20.0
 MAX_STEPS = 1000
@@ -47,7 +63,8 @@ MAX_STEPS = 1000
 
 @dataclass
 class PortraitRTPipelineOutput(BaseOutput):
-    """frames: uint8 (T, H, W, 3) at 25 fps; audio: the mono float32 audio (at `sample_rate`) that drove them."""
+    """frames: uint8 (T, H, W, 3) at 25 fps; audio: the mono float32 audio (at `sample_rate`) that drove them;
+    timings: one `BlockTiming` per block."""
 
     frames: np.ndarray
     audio: np.ndarray
@@ -55,11 +72,22 @@ class PortraitRTPipelineOutput(BaseOutput):
     timings: list[BlockTiming]
 
 
-def cfg_combine(v: torch.Tensor, guidance_audio: float, guidance_reference: float) -> torch.Tensor:
-    """Equation (I): G = la(Gf - Gna) + lr(Gf - Gnr) - Gf + Gna + Gnr, over the rows the stream computed.
+def cfg_rows(guidance_audio: float, guidance_reference: float) -> tuple[tuple[bool, bool], ...]:
+    """The CFG rows a stream computes, as (drop audio, drop references): [full] + [no audio] + [no references].
 
-    Rows are [full] + [no-audio if la != 1] + [no-reference if lr != 1]; a branch whose scale is 1 drops out of
-    equation (I) exactly, so it is never computed.
+    A row whose guidance scale is 1 drops out of equation (I) exactly, so it is left out (never computed).
+    """
+    rows = [(False, False)]
+    if guidance_audio != 1.0:
+        rows.append((True, False))
+    if guidance_reference != 1.0:
+        rows.append((False, True))
+    return tuple(rows)
+
+
+def cfg_combine(v: torch.Tensor, guidance_audio: float, guidance_reference: float) -> torch.Tensor:
+    """Equation (I) over the rows of `cfg_rows` (in that order), with G_f, G_na, G_nr the full, no-audio and
+    no-reference rows: G = guidance_audio (G_f - G_na) + guidance_reference (G_f - G_nr) - G_f + G_na + G_nr.
     """
     full, rest = v[:1], list(v[1:])
     out = full
@@ -139,8 +167,8 @@ class PortraitRTPipeline(DiffusionPipeline):
         guidance_audio: float,
         guidance_reference: float,
         num_inference_steps: int,
-        block_size: int | None = None,
-        kv_window: int | None = None,
+        block_size: int,
+        kv_window: int,
     ) -> None:
         """Raise `ValueError` with what to change for out-of-range settings (images and audio are checked on load)."""
         for name, value in (("guidance_audio", guidance_audio), ("guidance_reference", guidance_reference)):
@@ -154,15 +182,63 @@ class PortraitRTPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}.")
         if not 1 <= num_inference_steps <= MAX_STEPS:
             raise ValueError(f"num_inference_steps={num_inference_steps}; use 1 to {MAX_STEPS} (12 is the paper's).")
-        if block_size is not None and not 1 <= block_size <= 4:
-            raise ValueError(f"block_size={block_size}; use 1 to 4 latent frames (4 = 16 video frames, the paper's).")
-        if kv_window is not None and block_size is not None and (kv_window < 2 * block_size or kv_window % block_size):
-            raise ValueError(
-                f"kv_window={kv_window} must be a multiple of block_size={block_size}, at least two blocks."
-            )
+        check_block_size(block_size, kv_window)
 
     # ------------------------------------------------------------------ streaming API
     @torch.no_grad()
+    def start_streams(
+        self,
+        reference_images: list,
+        generators: list[torch.Generator | None] | None = None,
+        guidance_audio: float = 2.0,
+        guidance_reference: float = 2.0,
+        num_inference_steps: int = 12,
+        block_size: int | None = None,
+        kv_window: int | None = None,
+    ) -> StreamGroup:
+        """Algorithm 2, step 1, for a group of streams that run batched: every block of `feed_group` is one forward
+        of G per Euler step over all their CFG rows, and one VAE decode.
+
+        `reference_images`: per stream, 1-3 paths / PIL images / arrays (the same number for every stream).
+        Precomputes f_c = E1(I_r), z_r = E(I_r) and KV_r for all streams at once. The settings hold for the group's
+        life; `block_size` / `kv_window` default to the transformer's config.
+        """
+        block_size = int(block_size or self.transformer.config.block_size)
+        kv_window = int(kv_window or self.transformer.config.kv_window)
+        self.check_inputs(guidance_audio, guidance_reference, num_inference_steps, block_size, kv_window)
+        generators = generators or [None] * len(reference_images)
+        if not reference_images or len(generators) != len(reference_images):
+            raise ValueError("Give one list of reference images per stream (at least one), and one generator each.")
+        refs = [load_reference_images(images, self.resolution) for images in reference_images]  # (M, H, W, 3) each
+        if len({r.shape[0] for r in refs}) > 1:
+            raise ValueError("Streams batched in one group need the same number of reference images.")
+        settings = StreamSettings(
+            float(guidance_audio),
+            float(guidance_reference),
+            int(num_inference_steps),
+            block_size,
+            kv_window,
+            cfg_rows(guidance_audio, guidance_reference),
+        )
+        device, dtype = self._execution_device, self.transformer.dtype
+
+        # f_c for the decoder's Dref, z_r (normalised like every latent G sees) for KV_r.
+        images = frames_to_tensor(np.stack(refs)).to(device, self.vae.dtype)  # (streams, M, 3, H, W) in [-1, 1]
+        f_c, z_r = self.vae.encode_reference(images)
+        z_r = (z_r - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+        rows, h = settings.num_cfg_rows, self.resolution // SPATIAL_COMPRESSION
+        cache = self.transformer.init_kv_cache(
+            len(refs) * rows, refs[0].shape[0], (h, h), kv_window, block_size, device=device, dtype=dtype
+        )
+        drop_reference = torch.tensor([drop for _, drop in settings.cfg_rows] * len(refs), device=device)
+        self.transformer.prefill_references(
+            cache, z_r.to(dtype).repeat_interleave(rows, dim=0), drop_reference=drop_reference
+        )
+        streams = tuple(
+            Stream(r, StreamAudio(self.audio_encoder.init_stream_state(1)), g) for r, g in zip(refs, generators)
+        )
+        return StreamGroup(settings, streams, cache, f_c, StreamPosition(block_size), copy.deepcopy(self.scheduler))
+
     def start_stream(
         self,
         reference_images,
@@ -172,132 +248,61 @@ class PortraitRTPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         block_size: int | None = None,
         kv_window: int | None = None,
-    ) -> StreamState:
-        """Algorithm 2, step 1: load the references, precompute f_r = E1(I_r), z_r = E(I_r) and KV_r.
-
-        `reference_images`: 1-3 paths / PIL images / arrays. Returns the stream's own state.
-        """
-        block_size = int(block_size or self.transformer.config.block_size)
-        kv_window = int(kv_window or self.transformer.config.kv_window)
-        self.check_inputs(guidance_audio, guidance_reference, num_inference_steps, block_size, kv_window)
-        refs = load_reference_images(reference_images, self.resolution)  # (M, H, W, 3) uint8
-        device, dtype = self._execution_device, self.transformer.dtype
-
-        images = torch.from_numpy(refs).to(device=device, dtype=self.vae.dtype)
-        images = images.permute(0, 3, 1, 2).unsqueeze(0) / 127.5 - 1.0  # (1, M, 3, H, W) in [-1, 1]
-        f_c, z_r = self.vae.encode_reference(images)
-        z_r = (z_r - self.vae.config.shift_factor) * self.vae.config.scaling_factor
-
-        # CFG rows: [full] + [no-audio] + [no-reference]; a branch whose scale is 1 is not computed at all.
-        branches = [(False, False)]  # (drop audio, drop references) per row
-        if guidance_audio != 1.0:
-            branches.append((True, False))
-        if guidance_reference != 1.0:
-            branches.append((False, True))
-        rows = len(branches)
-        drop_audio, drop_reference = torch.tensor(branches, device=device).T  # (rows,) each
-        h = w = self.resolution // SPATIAL_COMPRESSION
-        cache = self.transformer.init_kv_cache(
-            rows,
-            refs.shape[0],
-            latent_size=(h, w),
-            kv_window=kv_window,
-            block_size=block_size,
-            device=device,
-            dtype=dtype,
+    ) -> Stream:
+        """One stream (a group of one): `reference_images` are 1-3 paths / PIL images / arrays."""
+        group = self.start_streams(
+            [reference_images],
+            [generator],
+            guidance_audio,
+            guidance_reference,
+            num_inference_steps,
+            block_size,
+            kv_window,
         )
-        self.transformer.prefill_references(
-            cache,
-            z_r.to(dtype).expand(rows, *z_r.shape[1:]),
-            drop_reference=drop_reference,
-        )
-        scheduler = copy.deepcopy(self.scheduler)
-        return StreamState(
-            reference_frames=refs,
-            ref_features=f_c,
-            kv_cache=cache,
-            drop_audio=drop_audio,
-            guidance_audio=float(guidance_audio),
-            guidance_reference=float(guidance_reference),
-            num_inference_steps=int(num_inference_steps),
-            block_size=block_size,
-            generator=generator,
-            scheduler=scheduler,
-            audio_state=self.audio_encoder.init_stream_state(1),
-        )
+        return group.streams[0]
 
     @torch.no_grad()
-    def feed(self, state: StreamState, samples: np.ndarray, sample_rate: int) -> Iterator[np.ndarray]:
-        """Add an audio chunk (any size, dtype and rate) and yield the frames of every block it completes."""
-        if state.finished:
+    def feed(self, stream: Stream, samples: np.ndarray, sample_rate: int) -> Iterator[BlockRecord]:
+        """Add an audio chunk (any size, dtype and rate) and yield a `BlockRecord` for every block it completes."""
+        if stream.finished:
             raise ValueError("This stream has been flushed; start a new one with start_stream().")
-        state.audio_buffer.push(samples, sample_rate)
-        yield from self._run_ready_blocks(state, final=False)
+        if len(stream.group.streams) > 1:
+            raise ValueError("This stream runs in a group; feed it with feed_group(group, chunks).")
+        for (record,) in self._run_blocks(stream.group, [(samples, sample_rate)]):
+            yield record
 
     @torch.no_grad()
-    def flush(self, state: StreamState) -> Iterator[np.ndarray]:
-        """End of audio: pad the last partial block with silence, generate it, trim to the audio's length."""
-        if state.finished:
-            return
-        buf = state.audio_buffer
-        buf.close()
-        total_frames = -(-buf.total_samples // SAMPLES_PER_FRAME)  # the audio's length in frames (ceil)
-        # Silence up to the end of the block holding the last frame: the model sees a speaker falling quiet.
-        need, block = total_frames - state.frames_out, state.block_index
-        pad_frames = 0
-        while need > 0:
-            step = state.block_video_frames(block)
-            pad_frames += step
-            need -= step
-            block += 1
-        pad = (state.frames_out + pad_frames) * SAMPLES_PER_FRAME - buf.total_samples
-        buf.pad(pad)
-        for frames in self._run_ready_blocks(state, final=True):
-            keep = min(frames.shape[0], total_frames - (state.frames_out - frames.shape[0]))
-            if keep > 0:
-                yield frames[:keep]
-        state.finished = True
-
-    @torch.no_grad()
-    def start_streams(self, reference_images: list, generators: list | None = None, **kwargs) -> StreamGroup:
-        """Start one stream per entry of `reference_images` (same settings, same number of references) as a group
-        whose blocks run batched: `feed_group` steps all streams' next blocks in one forward per denoising step.
-        """
-        generators = generators or [None] * len(reference_images)
-        states = [self.start_stream(refs, generator=g, **kwargs) for refs, g in zip(reference_images, generators)]
-        caches = [state.kv_cache for state in states]
-        if len({c.num_references for c in caches}) > 1:
-            raise ValueError("Streams batched in one group need the same number of reference images.")
-        rows = states[0].num_branches
-        group = dataclasses.replace(
-            caches[0], key=torch.cat([c.key for c in caches], dim=1), value=torch.cat([c.value for c in caches], dim=1)
-        )
-        for i, state in enumerate(states):  # each stream keeps a view of its own rows
-            rows_i = slice(i * rows, (i + 1) * rows)
-            state.kv_cache = dataclasses.replace(group, key=group.key[:, rows_i], value=group.value[:, rows_i])
-        return StreamGroup(states=states, kv_cache=group)
-
-    @torch.no_grad()
-    def feed_group(self, group: StreamGroup, chunks: list[tuple[np.ndarray, int] | None]) -> list[list[np.ndarray]]:
-        """Add one audio chunk per stream (None: nothing new) and run every block all streams can run, batched.
-
-        Returns the new frames per stream. End a group's streams with `flush(state)` on each.
-        """
-        for state, chunk in zip(group.states, chunks):
-            if chunk is not None:
-                state.audio_buffer.push(*chunk)
-        out: list[list[np.ndarray]] = [[] for _ in group.states]
-        while all(self._block_audio_ready(state, final=False) for state in group.states):
-            positions = {(s.kv_cache.num_frames, s.kv_cache.stream_start) for s in group.states}
-            if len(positions) > 1:
-                raise ValueError("Streams of a group drifted apart (one was advanced alone); feed them separately.")
-            group.kv_cache.num_frames, group.kv_cache.stream_start = positions.pop()
-            for frames, state_out in zip(self._generate_blocks(group.states, group.kv_cache), out):
-                state_out.append(frames)
-            for state in group.states:
-                state.kv_cache.num_frames = group.kv_cache.num_frames
-                state.kv_cache.stream_start = group.kv_cache.stream_start
+    def feed_group(self, group: StreamGroup, chunks: list[tuple[np.ndarray, int] | None]) -> list[list[BlockRecord]]:
+        """Add one audio chunk `(samples, sample_rate)` per stream (None: nothing new) and run every block all the
+        streams can run, batched. Returns the new `BlockRecord`s per stream. End a stream with `flush(stream)`."""
+        if len(chunks) != len(group.streams):
+            raise ValueError(
+                f"Give one chunk (or None) per stream: the group has {len(group.streams)}, got {len(chunks)}."
+            )
+        out: list[list[BlockRecord]] = [[] for _ in group.streams]
+        for records in self._run_blocks(group, chunks):
+            for stream_out, record in zip(out, records):
+                stream_out.append(record)
         return out
+
+    @torch.no_grad()
+    def flush(self, stream: Stream) -> Iterator[BlockRecord]:
+        """End of the stream's audio: pad its last partial block with silence, generate it, trim it to the audio.
+
+        A stream of a group leaves the group first (the others go on); then it runs as a group of one.
+        """
+        if stream.finished:
+            return
+        group = stream.group if len(stream.group.streams) == 1 else stream.group.split_off(stream)
+        audio_frames = stream.audio.close()  # video frames the audio covers
+        # Silence up to the end of the block holding the last frame: the model sees a speaker falling quiet.
+        stream.audio.pad_to(group.position.block_end(audio_frames))
+        for (record,) in self._run_blocks(group, final=True):
+            keep = audio_frames - record.first_frame
+            if keep > 0:
+                record.frames, record.audio = record.frames[:keep], record.audio[: keep * SAMPLES_PER_FRAME]
+                yield record
+        stream.finished = True
 
     def stream(
         self,
@@ -310,96 +315,84 @@ class PortraitRTPipeline(DiffusionPipeline):
         block_size: int | None = None,
         kv_window: int | None = None,
     ) -> Iterator[np.ndarray]:
-        """Generator of uint8 frames (t, H, W, 3), one array per block, as audio chunks `(samples, rate)` arrive."""
-        state = self.start_stream(
+        """Generator of uint8 frames (t, H, W, 3), one array per block, as audio chunks `(samples, rate)` arrive.
+
+        The frames of each block's `BlockRecord`; for the records themselves (the audio that drove the frames and
+        the timing too), use `start_stream` / `feed` / `flush`, which this is built on.
+        """
+        stream = self.start_stream(
             reference_images, guidance_audio, guidance_reference, num_inference_steps, generator, block_size, kv_window
         )
         for samples, rate in audio_chunks:
-            yield from self.feed(state, samples, rate)
-        yield from self.flush(state)
+            for record in self.feed(stream, samples, rate):
+                yield record.frames
+        for record in self.flush(stream):
+            yield record.frames
 
-    # ------------------------------------------------------------------ one block (Algorithm 2, steps 2-4)
-    def _encode_audio(self, state: StreamState, samples: np.ndarray, final: bool = False) -> float:
-        """Run the audio encoder on model-rate `samples`; queue the per-frame features; return milliseconds."""
+    # ------------------------------------------------------------------ the block loop (Algorithm 2, steps 2-4)
+    def _run_blocks(
+        self, group: StreamGroup, chunks: list[tuple[np.ndarray, int] | None] | None = None, final: bool = False
+    ) -> Iterator[list[BlockRecord]]:
+        """The one block loop: add `chunks` (one per stream, or None), then, while every stream of `group` has its
+        next block's audio, generate that block for all of them at once. With `final` (flush) the audio has ended."""
+        for stream, chunk in zip(group.streams, chunks or []):
+            if chunk is not None:
+                stream.audio.push(*chunk)
+        while True:
+            first, n = group.position.video_frames, group.position.block_video_frames()
+            audio = [stream.audio.take_block(first, n, self.audio_encoder, final) for stream in group.streams]
+            if any(a is None for a in audio):
+                return
+            yield self._generate_block(group, audio)
+
+    def _generate_block(self, group: StreamGroup, audio: list[BlockAudio]) -> list[BlockRecord]:
+        """Algorithm 2 steps 2-4 for the next block of every stream of `group`: one forward of G over all their CFG
+        rows per Euler step, the t = 0 KV pass, one decode with every stream's decoder caches stacked."""
         start = time.perf_counter()
-        x = torch.from_numpy(samples).to(self._execution_device, self.audio_encoder.dtype)[None]
-        feats, state.audio_state = self.audio_encoder.encode_chunk(x, state.audio_state, final=final)
-        state.audio_features.extend(feats[0].unbind(0))
-        state.audio_frames_in += samples.size // SAMPLES_PER_FRAME
-        return (time.perf_counter() - start) * 1e3
-
-    def _block_audio_ready(self, state: StreamState, final: bool) -> bool:
-        """Encode audio until the next block's features are queued; False if its audio has not arrived yet.
-
-        The encoder gets block-aligned pieces (a block's frames plus its look-ahead), never the microphone's own
-        chunks: it then sees the same calls whatever the chunking, so stream() == __call__ bit for bit.
-        """
-        n = state.block_video_frames()
-        if len(state.audio_features) < n:
-            lookahead = int(self.audio_encoder.config.lookahead_frames)
-            need = (state.frames_out + n + lookahead - state.audio_frames_in) * SAMPLES_PER_FRAME
-            piece = state.audio_buffer.pop(need, partial=final)
-            if piece is None:
-                return False
-            state.pending_audio_ms += self._encode_audio(
-                state, piece, final=final and not state.audio_buffer.available
-            )
-        return len(state.audio_features) >= n
-
-    def _take_block_audio(self, state: StreamState) -> torch.Tensor:
-        n = state.block_video_frames()
-        feats = torch.stack(state.audio_features[:n])[None]  # (1, n, D)
-        del state.audio_features[:n]
-        return feats
-
-    def _run_ready_blocks(self, state: StreamState, final: bool) -> Iterator[np.ndarray]:
-        while self._block_audio_ready(state, final):
-            yield self._generate_blocks([state], state.kv_cache)[0]
-
-    def _generate_blocks(self, states: list[StreamState], cache) -> list[np.ndarray]:
-        """Algorithm 2 steps 2-4 for the next block of each stream, their CFG rows batched in one forward.
-
-        `cache` holds all the streams' rows in order (a single stream's own cache, or a `StreamGroup`'s).
-        """
-        start = time.perf_counter()
-        dit, vae, lead = self.transformer, self.vae, states[0]
-        rows, device, dtype = lead.num_branches, self._execution_device, dit.dtype
+        dit, vae, settings = self.transformer, self.vae, group.settings
+        rows, device, dtype = settings.num_cfg_rows, self._execution_device, dit.dtype
         h = w = self.resolution // SPATIAL_COMPRESSION
-        audio = torch.cat([self._take_block_audio(s).to(device, dtype).expand(rows, -1, -1) for s in states])
-        drop_audio = torch.cat([s.drop_audio for s in states])
-        timings = [BlockTiming(s.block_index, audio.shape[1], audio_ms=s.pending_audio_ms) for s in states]
+        features = torch.cat([a.features for a in audio]).to(device, dtype)  # (streams, n, D)
+        features = features.repeat_interleave(rows, dim=0)  # (streams * rows, n, D)
+        drop_audio = group.drop_audio
+        guidance = settings.guidance_audio, settings.guidance_reference
 
-        # 2. Denoising: Euler steps of the rectified-flow ODE from noise (t = 1) to data (t = 0).
-        shape = (1, dit.config.in_channels, lead.block_size, h, w)
-        latents = torch.cat([randn_tensor(shape, generator=s.generator, device=device, dtype=dtype) for s in states])
-        lead.scheduler.set_timesteps(lead.num_inference_steps, device=device)
-        for t in lead.scheduler.timesteps:
+        # 2. Denoising: Euler steps of the rectified-flow ODE from noise (t = 1) to data (t = 0); each stream's noise.
+        shape = (1, dit.config.in_channels, settings.block_size, h, w)
+        noise = [randn_tensor(shape, generator=s.generator, device=device, dtype=dtype) for s in group.streams]
+        latents = torch.cat(noise)  # (streams, C, k, h, w)
+        group.scheduler.set_timesteps(settings.num_inference_steps, device=device)
+        for t in group.scheduler.timesteps:
             x = latents.repeat_interleave(rows, dim=0)  # (streams * rows, C, k, h, w)
-            v = dit.forward_cached(cache, x, t.expand(x.shape[0]).to(dtype), audio, drop_audio=drop_audio)
-            v = torch.cat([cfg_combine(vs, lead.guidance_audio, lead.guidance_reference) for vs in v.split(rows)])
-            latents = lead.scheduler.step(v, t, latents, return_dict=False)[0]
+            v = dit.forward_cached(group.kv_cache, x, t.expand(x.shape[0]).to(dtype), features, drop_audio=drop_audio)
+            v = torch.cat([cfg_combine(vs, *guidance) for vs in v.split(rows)])  # (streams, C, k, h, w)
+            latents = group.scheduler.step(v, t, latents, return_dict=False)[0]
         t1 = time.perf_counter()
 
         # 3. The t = 0 pass on the clean block: the only pass that writes the KV cache.
-        dit.update_cache(cache, latents.repeat_interleave(rows, dim=0), audio, drop_audio=drop_audio)
+        dit.update_cache(group.kv_cache, latents.repeat_interleave(rows, dim=0), features, drop_audio=drop_audio)
         t2 = time.perf_counter()
 
-        # 4. Causal decoding with each stream's reference features, carrying its decoder caches across blocks.
+        # 4. Causal decoding of all streams at once, with their reference features, carrying their decoder caches.
         z = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        outputs = []
-        for i, (state, timing) in enumerate(zip(states, timings)):
-            t3 = time.perf_counter()
-            video, state.decoder_cache = vae.decode_chunk(z[i : i + 1], state.ref_features, cache=state.decoder_cache)
-            frames = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, n, H, W)
-            outputs.append(frames.permute(1, 2, 3, 0).cpu().numpy())  # (n, H, W, 3)
-            timing.denoise_ms, timing.kv_ms = (t1 - start) * 1e3, (t2 - t1) * 1e3
-            timing.decode_ms = (time.perf_counter() - t3) * 1e3
-            timing.latency_ms = timing.audio_ms + (time.perf_counter() - start) * 1e3
-            state.timings.append(timing)
-            state.pending_audio_ms = 0.0
-            state.block_index += 1
-            state.frames_out += outputs[-1].shape[0]
-        return outputs
+        video, group.decoder_cache = vae.decode_chunk(z, group.reference_features, cache=group.decoder_cache)
+        frames = tensor_to_frames(video.transpose(1, 2))  # (streams, n, H, W, 3)
+        t3 = time.perf_counter()
+
+        block, first = group.position.block_index, group.position.video_frames
+        group.position.advance()
+        step = {"denoise_ms": (t1 - start) * 1e3, "kv_ms": (t2 - t1) * 1e3, "decode_ms": (t3 - t2) * 1e3}
+        return [
+            BlockRecord(
+                frames=frames[i],
+                audio=a.samples,
+                first_frame=first,
+                timing=BlockTiming(
+                    block, frames.shape[1], audio_ms=a.encode_ms, latency_ms=a.encode_ms + (t3 - start) * 1e3, **step
+                ),
+            )
+            for i, a in enumerate(audio)
+        ]
 
     # ------------------------------------------------------------------ offline
     @torch.no_grad()
@@ -415,26 +408,25 @@ class PortraitRTPipeline(DiffusionPipeline):
         kv_window: int | None = None,
         return_dict: bool = True,
     ) -> PortraitRTPipelineOutput | tuple:
-        """Generate the whole video for `audio` (a path or `(samples, sample_rate)`); built on `stream()`.
+        """Generate the whole video for `audio` (a path or `(samples, sample_rate)`): one stream fed the whole clip.
 
         Returns `PortraitRTPipelineOutput(frames uint8 (T, H, W, 3) at 25 fps, audio, sample_rate, timings)` with
-        T = ceil(audio length / 40 ms).
+        T = ceil(audio length / 40 ms); `audio` is the clip at the model rate, as the stream resampled it.
         """
         samples, rate = read_mono(audio)
         if is_silent(samples):
             raise ValueError("The audio is silent (below -60 dBFS); give speech for the portrait to say.")
-        state = self.start_stream(
+        stream = self.start_stream(
             reference_images, guidance_audio, guidance_reference, num_inference_steps, generator, block_size, kv_window
         )
-        # The clip goes through the stream's own audio buffer, so __call__ and stream() resample identically.
-        total = -(-round(samples.size * SAMPLE_RATE / rate) // SAMPLES_PER_FRAME)
-        chunks: list[np.ndarray] = []
-        with self.progress_bar(total=total) as bar:
-            for part in itertools.chain(self.feed(state, samples, rate), self.flush(state)):
-                chunks.append(part)
-                bar.update(part.shape[0])
-        frames = np.concatenate(chunks)
-        audio = load_audio((samples, rate), SAMPLE_RATE)
+        records: list[BlockRecord] = []
+        with self.progress_bar(total=-(-round(samples.size * SAMPLE_RATE / rate) // SAMPLES_PER_FRAME)) as bar:
+            for record in itertools.chain(self.feed(stream, samples, rate), self.flush(stream)):
+                records.append(record)
+                bar.update(len(record.frames))
+        frames = np.concatenate([r.frames for r in records])
+        audio = np.concatenate([r.audio for r in records])[: stream.audio.num_samples]
         if not return_dict:
             return (frames, audio)
-        return PortraitRTPipelineOutput(frames=frames, audio=audio, sample_rate=SAMPLE_RATE, timings=state.timings)
+        timings = [r.timing for r in records]
+        return PortraitRTPipelineOutput(frames=frames, audio=audio, sample_rate=SAMPLE_RATE, timings=timings)

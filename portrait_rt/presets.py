@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 
+from portrait_rt.constants import SCHEDULER_SHIFT
+
 # CausalVideoVAE configs (portrait_rt/models/vae.py).
 VAE_PRESETS: dict[str, dict] = {
     # Paper sizes (§4.1, supplementary): 8 ResBlocks in E1 (2 per stage), E2 = 2 x (ResBlock + down), C_f = 1024,
@@ -29,6 +31,7 @@ VAE_PRESETS: dict[str, dict] = {
     },
     # The bundled CPU demo at 128² (assets/portrait-rt-demo): 8 channels and no ResBlocks at H and H/2 (decode speed),
     # the width and the ResBlocks at H/4..H/16 where they are cheap; narrow enough to train on a shared 2-core CPU.
+    # Not in the paper: reference detail attention at H/8 and H/4 (Dref's 8 x 8 grid at H/16 is coarser than an eye).
     "demo": {
         "resolution": 128,
         "block_out_channels": [8, 16, 32, 64],
@@ -42,6 +45,9 @@ VAE_PRESETS: dict[str, dict] = {
         "ref_num_layers": 2,
         "ref_num_attention_heads": 2,
         "ref_attention_head_dim": 32,
+        "ref_detail_downscales": [8, 4],
+        "ref_detail_attention_heads": 2,
+        "ref_detail_attention_head_dim": 32,
     },
     # Tests: 64², a few thousand parameters per stage.
     "tiny": {
@@ -55,6 +61,9 @@ VAE_PRESETS: dict[str, dict] = {
         "ref_num_layers": 1,
         "ref_num_attention_heads": 2,
         "ref_attention_head_dim": 8,
+        "ref_detail_downscales": [4],
+        "ref_detail_attention_heads": 1,
+        "ref_detail_attention_head_dim": 8,
     },
 }
 
@@ -88,7 +97,7 @@ AUDIO_ENCODER_PRESETS: dict[str, dict] = {
 
 # FlowMatchEulerDiscreteScheduler configs: the paper's timestep shift of 5 (§4.1). Resolution, block size and KV
 # window live in the VAE and transformer configs; steps and guidance are call arguments.
-SCHEDULER_PRESETS: dict[str, dict] = {name: {"shift": 5.0} for name in ("paper", "demo", "tiny")}
+SCHEDULER_PRESETS: dict[str, dict] = {name: {"shift": SCHEDULER_SHIFT} for name in ("paper", "demo", "tiny")}
 
 PRESET_NAMES = ("paper", "demo", "tiny")
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import app
-from portrait_rt.app_support import ModelChoice
+from portrait_rt.loading import ModelChoice
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 

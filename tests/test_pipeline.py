@@ -1,10 +1,13 @@
+import copy
 import itertools
 
 import numpy as np
 import pytest
 import torch
 
-from portrait_rt.constants import FPS, SAMPLE_RATE
+from portrait_rt.audio import AudioStreamBuffer
+from portrait_rt.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from portrait_rt.images import tensor_to_frames
 from portrait_rt.pipeline import PortraitRTPipeline, cfg_combine
 
 from .conftest import speech_like
@@ -39,9 +42,10 @@ def test_stream_equals_call(tiny_pipe, portraits, rate):
 
 
 def test_guidance_one_is_single_unguided_branch(tiny_pipe, portraits):
-    state = tiny_pipe.start_stream(portraits[:1], guidance_audio=1.0, guidance_reference=1.0, num_inference_steps=2)
-    assert state.num_branches == 1
-    assert tiny_pipe.start_stream(portraits[:1], guidance_audio=2.0, guidance_reference=1.0).num_branches == 2
+    stream = tiny_pipe.start_stream(portraits[:1], guidance_audio=1.0, guidance_reference=1.0, num_inference_steps=2)
+    assert stream.group.settings.num_cfg_rows == 1
+    stream = tiny_pipe.start_stream(portraits[:1], guidance_audio=2.0, guidance_reference=1.0)
+    assert stream.group.settings.num_cfg_rows == 2
     x = (speech_like(1.0), SAMPLE_RATE)
     base = tiny_pipe(portraits[:1], x, 1.0, 1.0, num_inference_steps=2, generator=_gen()).frames
     for ga, gr in [(2.0, 1.0), (1.0, 2.0), (3.0, 3.0)]:
@@ -86,11 +90,11 @@ def test_interleaved_streams_are_isolated(tiny_pipe, portraits):
     got_a, got_b = [], []
     for a, b in itertools.zip_longest(_chunks(xa, SAMPLE_RATE, 0), _chunks(xb, 44100, 1)):  # alternate chunks
         if a is not None:
-            got_a += list(tiny_pipe.feed(sa, *a))
+            got_a += [block.frames for block in tiny_pipe.feed(sa, *a)]
         if b is not None:
-            got_b += list(tiny_pipe.feed(sb, *b))
-    got_a += list(tiny_pipe.flush(sa))
-    got_b += list(tiny_pipe.flush(sb))
+            got_b += [block.frames for block in tiny_pipe.feed(sb, *b)]
+    got_a += [block.frames for block in tiny_pipe.flush(sa)]
+    got_b += [block.frames for block in tiny_pipe.flush(sb)]
     assert np.array_equal(np.concatenate(got_a), alone_a)
     assert np.array_equal(np.concatenate(got_b), alone_b)
 
@@ -151,11 +155,11 @@ def test_stream_group_batches_streams_like_solo_runs(tiny_pipe, portraits):
     group = tiny_pipe.start_streams([portraits[:1], portraits[2:]], generators=[_gen(1), _gen(2)], **kw)
     got = [[], []]
     for a, b in itertools.zip_longest(_chunks(xa, SAMPLE_RATE, 0), _chunks(xb, 48000, 1)):
-        for i, frames in enumerate(tiny_pipe.feed_group(group, [a, b])):
-            got[i] += frames
-    batched_blocks = len(group.states[1].timings)
-    for i, state in enumerate(group.states):
-        got[i] += list(tiny_pipe.flush(state))
+        for i, blocks in enumerate(tiny_pipe.feed_group(group, [a, b])):
+            got[i] += [block.frames for block in blocks]
+    batched_blocks = len(got[1])
+    for i, stream in enumerate(group.streams):  # each leaves the group to end on its own
+        got[i] += [block.frames for block in tiny_pipe.flush(stream)]
     assert batched_blocks >= 2  # blocks really ran batched before the streams were flushed apart
     for solo, frames in ((solo_a, got[0]), (solo_b, got[1])):
         frames = np.concatenate(frames)
@@ -163,12 +167,72 @@ def test_stream_group_batches_streams_like_solo_runs(tiny_pipe, portraits):
         assert np.abs(frames.astype(int) - solo.astype(int)).max() <= 1  # batched GEMMs may round differently
 
 
+def test_block_records_carry_the_audio_of_their_frames(tiny_pipe, portraits):
+    """Each block's audio is exactly the model-rate samples of its frames: frame i <-> samples [640 i, 640 (i + 1))."""
+    x, rate = speech_like(1.37, 44100, seed=6), 44100
+    stream = tiny_pipe.start_stream(portraits[:1], num_inference_steps=1, generator=_gen())
+    blocks = [block for chunk in _chunks(x, rate, 2) for block in tiny_pipe.feed(stream, *chunk)]
+    blocks += list(tiny_pipe.flush(stream))
+    resampled = AudioStreamBuffer()  # the clip at the model rate, as any chunking resamples it
+    resampled.push(x, rate)
+    resampled.close()
+    model_rate = resampled.pop(resampled.available)
+    num_frames = sum(len(block.frames) for block in blocks)
+    assert num_frames == -(-model_rate.size // SAMPLES_PER_FRAME)
+    padded = np.pad(
+        model_rate, (0, num_frames * SAMPLES_PER_FRAME - model_rate.size)
+    )  # the last frame's tail: silence
+    first = 0
+    for block in blocks:
+        assert block.first_frame == first and block.audio.size == len(block.frames) * SAMPLES_PER_FRAME
+        assert np.array_equal(
+            block.audio, padded[first * SAMPLES_PER_FRAME : block.audio.size + first * SAMPLES_PER_FRAME]
+        )
+        first += len(block.frames)
+    out = tiny_pipe(portraits[:1], (x, rate), num_inference_steps=1, generator=_gen())
+    assert np.array_equal(out.audio, model_rate)  # __call__ returns the audio its blocks carried: no second resampling
+
+
+def test_a_group_block_decodes_all_streams_in_one_vae_call(tiny_pipe, portraits, monkeypatch):
+    decode, batch_sizes = tiny_pipe.vae.decode_chunk, []
+
+    def counting_decode(z, f_c, cache=None):
+        batch_sizes.append(z.shape[0])
+        return decode(z, f_c, cache=cache)
+
+    monkeypatch.setattr(tiny_pipe.vae, "decode_chunk", counting_decode)
+    group = tiny_pipe.start_streams([portraits[:1], portraits[1:2], portraits[2:]], num_inference_steps=1)
+    blocks = tiny_pipe.feed_group(group, [(speech_like(0.8, seed=i), SAMPLE_RATE) for i in range(3)])
+    assert len(blocks[0]) >= 2 and batch_sizes == [3] * len(blocks[0])
+    with pytest.raises(ValueError, match="feed_group"):
+        next(tiny_pipe.feed(group.streams[0], speech_like(0.1), SAMPLE_RATE))
+
+
+@torch.no_grad()
+def test_batched_decode_equals_solo_decodes(tiny_pipe):
+    """Streams' latents, reference features and causal caches stacked along the batch decode as each alone would."""
+    from .conftest import perturb_
+
+    vae = perturb_(copy.deepcopy(tiny_pipe.vae), std=0.02)
+    g = torch.Generator().manual_seed(0)
+    f_c, _ = vae.encode_reference(torch.rand(2, 2, 3, 64, 64, generator=g) * 2 - 1)  # 2 streams x 2 references
+    z = torch.randn(2, 64, 6, 1, 1, generator=g)  # 3 blocks of 2 latent frames per stream
+    batched_cache, solo_caches = None, [None, None]
+    for block in range(3):
+        z_block = z[:, :, 2 * block : 2 * block + 2]
+        video, batched_cache = vae.decode_chunk(z_block, f_c, cache=batched_cache)
+        for i in range(2):
+            solo, solo_caches[i] = vae.decode_chunk(z_block[i : i + 1], f_c[i : i + 1], cache=solo_caches[i])
+            batched, alone = tensor_to_frames(video[i]).astype(int), tensor_to_frames(solo[0]).astype(int)
+            assert np.abs(batched - alone).max() <= 1  # the group tests' tolerance
+
+
 def test_bfloat16_pipeline_stays_close_to_float32(tiny_pipe, portraits, tmp_path):
     """The GPU dtype path (bf16 weights, fp32 norms/AdaLN kept by diffusers) against the fp32 reference path."""
-    from portrait_rt.generate import load_pipeline
+    from portrait_rt.loading import load_pipeline
 
     tiny_pipe.save_pretrained(tmp_path / "pipe")
-    bf16 = load_pipeline(str(tmp_path / "pipe"), "cpu", torch_dtype=torch.bfloat16)
+    bf16 = load_pipeline(str(tmp_path / "pipe"), "cpu", torch.bfloat16)
     assert bf16.transformer.proj_out.weight.dtype == torch.bfloat16
     assert bf16.transformer.blocks[0].scale_shift_table.dtype == torch.float32
     x = (speech_like(0.6), SAMPLE_RATE)

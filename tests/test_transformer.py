@@ -81,7 +81,7 @@ def test_cached_equals_uncached_with_window_reset():
         frames, a = slice(b * K, (b + 1) * K), audio[:, audio_slice(b)]
         cached.append(dit.forward_cached(cache, noisy[:, :, frames], t, a, drop_audio=drops["drop_audio"]))
         dit.update_cache(cache, clean[:, :, frames], a, drop_audio=drops["drop_audio"])
-        cached_frames.append(cache.num_frames)
+        cached_frames.append(cache.num_latent_frames)
     # the window fills at block blocks-2: reset to the references + the re-fed block, then one more block
     assert cached_frames == [(b + 1) * K for b in range(blocks - 2)] + [K, 2 * K]
 

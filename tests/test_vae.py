@@ -35,7 +35,7 @@ def test_shapes_and_compression(vae, frames):
     n = (frames - 1) // 4 + 1
     assert posterior.mean.shape == (2, 64, n, RES // 64, RES // 64)
     f_c, z_r = vae.encode_reference(_video(2, batch=2, seed=3).transpose(1, 2))  # 2 references
-    assert f_c.shape == (2, 2, vae.config.feature_channels, RES // 16, RES // 16)
+    assert f_c.shape == (2, 2, vae.reference_channels, RES // 16, RES // 16)
     assert z_r.shape == (2, 2, 64, RES // 64, RES // 64)
     out = vae.decode(posterior.mode(), f_c)
     assert out.shape == video.shape
@@ -196,3 +196,60 @@ def test_paper_parameter_counts():
     assert abs(decoder - 406e6) <= 0.1 * 406e6, decoder
     assert paper.config.resolution == 512 and paper.config.feature_channels == 1024
     assert len(paper.reference_decoder.blocks) == 6
+
+
+@pytest.fixture(scope="module")
+def detail_vae() -> CausalVideoVAE:
+    """The tiny VAE with reference detail attention at H/4 and H/8, output projections no longer zero (as trained)."""
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(**{**VAE_PRESETS["tiny"], "ref_detail_downscales": [8, 4]}).eval()
+    for block in vae.reference_detail:
+        torch.nn.init.normal_(block.attn.to_out.weight, std=0.2)
+    return vae
+
+
+@torch.no_grad()
+def test_reference_detail_attention_streams_and_ignores_order(detail_vae):
+    vae = detail_vae
+    images = _video(3).transpose(1, 2)  # (1, 3 refs, 3, H, W)
+    f_c = vae.encode_reference(images)[0]
+    assert f_c.shape == (1, 3, vae.reference_channels, RES // 16, RES // 16)
+    z = _latents(5)
+    whole = vae.decode(z, f_c)
+    parts, cache = [], None
+    for i in range(z.shape[2]):
+        frames, cache = vae.decode_chunk(z[:, :, i : i + 1], f_c, cache)
+        parts.append(frames)
+    assert (torch.cat(parts, dim=2) - whole).abs().max() <= 1e-5
+    assert (vae.decode(z, f_c[:, [1, 2, 0]]) - whole).abs().max() <= 1e-5
+    assert torch.equal(vae.decode(z, f_c[:, :0]), vae.decode(z, None))
+
+
+@torch.no_grad()
+def test_reference_detail_attention_reads_reference_pixels(detail_vae):
+    """The H/4 tokens carry the reference's pixels: a 4x4 patch changed in the image changes the decoded video, and
+    the levels unfold from `f_c` exactly as they were folded."""
+    vae = detail_vae
+    image = _video(1).transpose(1, 2)  # (1, 1, 3, H, W)
+    f_c = vae.encode_reference(image)[0]
+    _, levels = vae._split_references(f_c)
+    patches = levels[4][0, 0, -3 * 16 :]  # (48, H/4, W/4): the pixel part of the H/4 tokens
+    assert torch.equal(patches, torch.nn.functional.pixel_unshuffle(image[0, 0], 4))
+    changed = image.clone()
+    changed[..., 20:24, 20:24] = -changed[..., 20:24, 20:24]
+    z = _latents(2)
+    assert not torch.allclose(vae.decode(z, f_c), vae.decode(z, vae.encode_reference(changed)[0]))
+
+
+@torch.no_grad()
+def test_grown_vae_starts_as_the_trained_one(vae):
+    """Reference detail attention starts at zero output: a trained VAE grown with it (`train vae --init-from ...
+    --config-json '{"ref_detail_downscales": [4]}'`) decodes exactly as before until training moves it."""
+    plain = CausalVideoVAE(**{**VAE_PRESETS["tiny"], "ref_detail_downscales": []}).eval()
+    grown = CausalVideoVAE(**{**VAE_PRESETS["tiny"], "ref_detail_downscales": [8, 4]}).eval()
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("reference_detail.") for k in missing)
+    images, z = _video(2).transpose(1, 2), _latents(3)
+    out_plain = plain.decode(z, plain.encode_reference(images)[0])
+    out_grown = grown.decode(z, grown.encode_reference(images)[0])
+    assert (out_plain - out_grown).abs().max() <= 1e-6

@@ -38,6 +38,7 @@ from scipy.ndimage import gaussian_filter1d
 from torch.utils.data import Dataset
 
 from ..constants import FPS, MAX_REFERENCES, SAMPLE_RATE, SAMPLES_PER_FRAME
+from ..images import frames_to_tensor
 from .speech import SpeechSpec, sample_speech_spec, synthesize_speech
 
 EVAL_IDENTITY_OFFSET = 1_000_000_000  # identity seeds >= this are reserved for split="eval"
@@ -881,15 +882,12 @@ class SyntheticTalkingDataset(Dataset):
         m = int(rng.integers(self.ref_range[0], self.ref_range[1] + 1))
         refs = np.sort(rng.choice(clip.num_frames, size=m, replace=clip.num_frames < m))
 
-        def to_tensor(frames):  # (T, H, W, 3) uint8 -> (T, 3, H, W) float in [-1, 1]
-            return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-        video = to_tensor(clip.frames[start : start + self.num_frames]).permute(1, 0, 2, 3)  # (3, T, H, W)
+        video = frames_to_tensor(clip.frames[start : start + self.num_frames]).permute(1, 0, 2, 3)  # (3, T, H, W)
         audio = clip.audio[start * SAMPLES_PER_FRAME : (start + self.num_frames) * SAMPLES_PER_FRAME]
         return {
             "video": video.contiguous(),
             "audio": torch.from_numpy(audio.copy()),
-            "references": to_tensor(clip.frames[refs]),  # (M, 3, H, W)
+            "references": frames_to_tensor(clip.frames[refs]),  # (M, 3, H, W)
             "start_frame": start,
             "mouth_open": torch.from_numpy(np.asarray(clip.meta["mouth_open"][start : start + self.num_frames])),
             "clip_seed": self.clip_seeds[k],

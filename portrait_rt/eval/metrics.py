@@ -6,6 +6,7 @@
   own audio-to-mouth mapping), searched over audio-video offsets of +-10 frames.
 - `reconstruction_metrics` (PSNR, SSIM through torchmetrics) and `reconstruction_by_references`: VAE quality per
   number of reference images M, the paper's Table-style ablation.
+- `detail_ratio`: sharpness kept, the variance of the Laplacian of grey frames against the ground truth's.
 - `background_drift`: PSNR of the background (outside the face/torso box) against the reference, per 10-second
   window, for long generated streams.
 """
@@ -128,6 +129,19 @@ def reconstruction_metrics(pred, target) -> dict[str, float]:
         "psnr": min(float(peak_signal_noise_ratio(p, t, data_range=1.0)), MAX_PSNR),
         "ssim": float(structural_similarity_index_measure(p, t, data_range=1.0)),
     }
+
+
+def laplacian_variance(frames) -> np.ndarray:
+    """Per-frame variance of the 4-neighbour Laplacian of the grey image (T,): high for sharp edges and texture."""
+    grey = _as_uint8_frames(frames).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # (T, H, W)
+    lap = grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] + grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] - 4 * grey[:, 1:-1, 1:-1]
+    return lap.reshape(len(lap), -1).var(axis=1)
+
+
+def detail_ratio(frames, target) -> float:
+    """Detail kept: mean Laplacian variance of `frames` over that of `target` (uint8 (T, H, W, 3) each); a blur
+    gives << 1, a faithful copy 1, added noise > 1."""
+    return float(laplacian_variance(frames).mean() / max(laplacian_variance(target).mean(), 1e-6))
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ Two entry points:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -37,8 +38,26 @@ from ..constants import LATENT_CHANNELS, MAX_REFERENCES, TEMPORAL_COMPRESSION, v
 REFERENCE_FRAME_POSITION = 0  # temporal RoPE position of every reference latent
 FIRST_VIDEO_FRAME_POSITION = 1  # temporal RoPE position of the first latent frame of a KV window
 
+MAX_BLOCK_SIZE = 4  # latent frames per block: the paper's k = 4 (16 video frames)
+
 # (key buffer, value buffer, write offset) of one layer; see FlowDiTAttnProcessor.
 LayerKV = tuple[torch.Tensor, torch.Tensor, int]
+
+
+def valid_block_sizes(kv_window: int) -> list[int]:
+    """Block sizes (latent frames) a KV window of `kv_window` latent frames allows: 1 to 4, a whole number of blocks
+    per window, at least two (the window resets to the references and re-feeds the last block, Algorithm 2)."""
+    return [k for k in range(1, MAX_BLOCK_SIZE + 1) if kv_window % k == 0 and kv_window >= 2 * k]
+
+
+def check_block_size(block_size: int, kv_window: int) -> None:
+    """Raise `ValueError` saying what to change unless `block_size` is in `valid_block_sizes(kv_window)`."""
+    if block_size not in valid_block_sizes(kv_window):
+        raise ValueError(
+            f"block_size={block_size} latent frames does not fit kv_window={kv_window}: use one of "
+            f"{valid_block_sizes(kv_window)} (1 to {MAX_BLOCK_SIZE}, a whole number of blocks per window, at least "
+            "two; 4 = 16 video frames is the paper's)."
+        )
 
 
 def apply_rotary_emb(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -211,12 +230,12 @@ class FlowDiTBlock(nn.Module):
 
 @dataclass
 class KVCache:
-    """Preallocated KV cache of one stream (all CFG branches along the batch dim), Algorithm 2's KV_list.
+    """Preallocated KV cache, Algorithm 2's KV_list: one row per CFG row of each stream it serves (batch dim).
 
     `key`/`value`: (num_layers, B, (num_references + kv_window) * h * w, heads, head_dim), token order
-    [references, window frames 0..kv_window-1]. `num_frames` video latent frames of the current window are valid;
-    the next block sits at window positions `num_frames...`. `stream_start`: the next block is the stream's first
-    (mask token, first-frame audio embedder).
+    [references, window frames 0..kv_window-1]. `num_latent_frames` latent frames of the current window are valid;
+    the next block sits at window positions `num_latent_frames...`. `stream_start`: the next block is the stream's
+    first (mask token, first-frame audio embedder). The window moves only through `advance` / `reset_window`.
     """
 
     key: torch.Tensor
@@ -225,13 +244,32 @@ class KVCache:
     latent_size: tuple[int, int]
     block_size: int
     kv_window: int
-    num_frames: int = 0
+    num_latent_frames: int = 0
     stream_start: bool = True
     references_ready: bool = False
 
+    def advance(self, num_latent_frames: int) -> None:
+        """The block just written at the window's end is now valid context for the next ones."""
+        self.num_latent_frames += num_latent_frames
+        self.stream_start = False
+
+    @property
+    def is_full(self) -> bool:
+        """The window holds `kv_window` latent frames: it must reset before the next block."""
+        return self.num_latent_frames >= self.kv_window
+
+    def reset_window(self) -> None:
+        """Back to the references alone (KV_r); the next block is written at window position 0."""
+        self.num_latent_frames = 0
+
+    def select_rows(self, rows: list[int]) -> KVCache:
+        """A new cache of only `rows` (copied) at the same window position: a stream leaving a group takes its rows."""
+        index = torch.tensor(rows, device=self.key.device)
+        return dataclasses.replace(self, key=self.key.index_select(1, index), value=self.value.index_select(1, index))
+
     @property
     def batch_size(self) -> int:
-        """Rows of the cache (B; 3B when the CFG branches are batched)."""
+        """Rows of the cache: one per CFG row of each stream it serves."""
         return self.key.shape[1]
 
     @property
@@ -283,10 +321,7 @@ class FlowDiT(ModelMixin, ConfigMixin):
         eps: float = 1e-6,
     ):
         super().__init__()
-        if not 1 <= block_size <= 4:
-            raise ValueError(f"block_size must be 1..4 latent frames, got {block_size}.")
-        if kv_window % block_size or kv_window < 2 * block_size:
-            raise ValueError(f"kv_window ({kv_window}) must be a multiple of block_size ({block_size}), >= 2 blocks.")
+        check_block_size(block_size, kv_window)
         inner_dim = num_attention_heads * attention_head_dim
         out_channels = out_channels or in_channels
 
@@ -508,13 +543,12 @@ class FlowDiT(ModelMixin, ConfigMixin):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> KVCache:
-        """Preallocate the KV cache of one stream (static shapes): B rows (all CFG branches), M references."""
+        """Preallocate a KV cache (static shapes): B rows (every CFG row of every stream), M references each."""
         kv_window = kv_window or self.config.kv_window
         block_size = block_size or self.config.block_size
         if not 1 <= num_references <= MAX_REFERENCES:
             raise ValueError(f"num_references must be 1..{MAX_REFERENCES}; got {num_references}.")
-        if kv_window % block_size or kv_window < 2 * block_size:
-            raise ValueError(f"kv_window ({kv_window}) must be a multiple of block_size ({block_size}), >= 2 blocks.")
+        check_block_size(block_size, kv_window)
         if kv_window + FIRST_VIDEO_FRAME_POSITION > self.config.rope_max_seq_len:
             raise ValueError(f"kv_window ({kv_window}) exceeds rope_max_seq_len ({self.config.rope_max_seq_len}).")
         height, width = latent_size
@@ -574,19 +608,19 @@ class FlowDiT(ModelMixin, ConfigMixin):
                 f"latents {tuple(latents.shape)} do not fit the cache (B={cache.batch_size}, "
                 f"latent_size={cache.latent_size})."
             )
-        if not 1 <= num_frames <= cache.block_size or cache.num_frames + num_frames > cache.kv_window:
+        if not 1 <= num_frames <= cache.block_size or cache.num_latent_frames + num_frames > cache.kv_window:
             raise ValueError(
                 f"A block has 1..{cache.block_size} latent frames and must fit the KV window "
-                f"({cache.num_frames} + {num_frames} > {cache.kv_window}); got {num_frames}."
+                f"({cache.num_latent_frames} + {num_frames} > {cache.kv_window}); got {num_frames}."
             )
         device = latents.device
         audio = self._embed_audio(audio_features, num_frames, stream_start, drop_audio)  # (B, k, Dae)
         hidden_states = self._embed_video(latents, audio, stream_start)  # (B, k*h*w, D)
         temb, temb_proj = self._embed_timestep(self._frame_timesteps(timestep, batch_size, num_frames, device))
         temb_proj = temb_proj.repeat_interleave(height * width, dim=1)  # (B, k*h*w, 6, D)
-        positions = FIRST_VIDEO_FRAME_POSITION + cache.num_frames + torch.arange(num_frames, device=device)
+        positions = FIRST_VIDEO_FRAME_POSITION + cache.num_latent_frames + torch.arange(num_frames, device=device)
         rotary_emb = self.rope(positions, height, width)
-        offset = cache.num_reference_tokens + cache.num_frames * cache.tokens_per_frame
+        offset = cache.num_reference_tokens + cache.num_latent_frames * cache.tokens_per_frame
         hidden_states = self._run_blocks(
             hidden_states, temb_proj, rotary_emb, kv_caches=self._layer_caches(cache, offset)
         )
@@ -624,11 +658,10 @@ class FlowDiT(ModelMixin, ConfigMixin):
         positions 0..k-1. The uncached equivalent of the blocks that follow is `forward(..., context_latents=...,
         stream_start=False)` over a window whose first block is this re-fed block.
         """
-        was_start = cache.stream_start
+        was_start, num_latent_frames = cache.stream_start, clean_latents.shape[2]
         self._cached_pass(cache, clean_latents, 0.0, audio_features, drop_audio, was_start)
-        cache.num_frames += clean_latents.shape[2]
-        cache.stream_start = False
-        if cache.num_frames >= cache.kv_window:  # reset to the references, re-feed the last block
-            cache.num_frames = 0
+        cache.advance(num_latent_frames)
+        if cache.is_full:  # reset to the references, re-feed the last block
+            cache.reset_window()
             self._cached_pass(cache, clean_latents, 0.0, audio_features, drop_audio, was_start)
-            cache.num_frames = clean_latents.shape[2]
+            cache.advance(num_latent_frames)

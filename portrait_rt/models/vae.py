@@ -42,9 +42,12 @@ from .vae_blocks import (
     CausalResBlock,
     CausalSequential,
     DownsampleBlock3d,
+    ReferenceDetailAttention,
     ReferenceTransformerBlock,
     RMSNorm,
     UpsampleBlock3d,
+    pixel_shuffle_3d,
+    pixel_unshuffle_3d,
     rope_2d,
 )
 
@@ -113,6 +116,11 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         latent_layers_per_block: CausalResBlocks per E2 / D1 block.
         temporal_downsample: which E1 stages halve time (two of them: 4x).
         ref_num_layers, ref_num_attention_heads, ref_attention_head_dim, ref_mlp_ratio: Dref size.
+        ref_detail_downscales: not in the paper (empty in the `paper` preset). Decoder levels H/d (d in 2, 4, 8)
+            where D2 also cross-attends to the references, to their E1 features and pixels at H/d
+            (`ReferenceDetailAttention`, `ref_detail_attention_heads` x `ref_detail_attention_head_dim`). Dref's
+            H/16 grid is 8 x 8 at 128²: an eye is smaller than a cell, so without this nothing finer than 16 px
+            can come from the references. Their tokens travel in `f_c`, space-to-channel at H/16.
         use_crva: False gives the interpolation baseline without CR-VA shortcuts (paper Table 2).
         scaling_factor, shift_factor: latent normalisation for the DiT: `(z - shift_factor) * scaling_factor`.
     """
@@ -139,6 +147,9 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         ref_num_attention_heads: int = 4,
         ref_attention_head_dim: int = 64,
         ref_mlp_ratio: float = 4.0,
+        ref_detail_downscales: tuple[int, ...] = (),
+        ref_detail_attention_heads: int = 2,
+        ref_detail_attention_head_dim: int = 32,
         use_crva: bool = True,
         scaling_factor: float = 1.0,
         shift_factor: float = 0.0,
@@ -165,12 +176,19 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         )
         eps = norm_eps
 
-        # E1: pixels -> C_f features at H/16, time /4.
+        detail = sorted(set(ref_detail_downscales), reverse=True)  # coarse to fine, as D2 runs
+        if any(d not in (2, 4, 8) for d in detail):
+            raise ValueError(f"ref_detail_downscales must be among 2, 4, 8 (decoder levels H/d), got {detail}.")
+
+        # E1: pixels -> C_f features at H/16, time /4. `self._e1_detail[d]`: the child whose output is at H/d.
         e1: list[nn.Module] = [CausalConv3d(in_channels, enc_ch[0])]
+        self._e1_detail: dict[int, int] = {}
         for s in range(n_stages):
             e1 += [CausalResBlock(enc_ch[s], eps) for _ in range(enc_layers[s])]
             out = enc_ch[s + 1] if s + 1 < n_stages else feature_channels
             e1.append(DownsampleBlock3d(enc_ch[s], out, kts[s], 2, use_crva))
+            if 2 ** (s + 1) in detail:
+                self._e1_detail[2 ** (s + 1)] = len(e1) - 1
         self.encoder_1 = CausalSequential(e1)
 
         # E2: C_f features -> posterior moments at H/64.
@@ -194,14 +212,33 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
             feature_channels, ref_num_layers, ref_num_attention_heads, ref_attention_head_dim, ref_mlp_ratio, eps
         )
 
-        # D2 (mirror of E1): features -> pixels, time x4.
+        # D2 (mirror of E1): features -> pixels, time x4. `self._d2_detail[d]`: the child whose output is at H/d.
         d2: list[nn.Module] = []
+        self._d2_detail: dict[int, int] = {}
         for s in reversed(range(n_stages)):
             ch_in = dec_ch[s + 1] if s + 1 < n_stages else feature_channels
             d2.append(UpsampleBlock3d(ch_in, dec_ch[s], kts[s], 2, use_crva))
+            if 2**s in detail:
+                self._d2_detail[2**s] = len(d2) - 1
             d2 += [CausalResBlock(dec_ch[s], eps) for _ in range(dec_layers[s])]
         d2.append(CausalConvOut(dec_ch[0], in_channels, eps))
         self.decoder_2 = CausalSequential(d2)
+
+        # Reference detail attention at the finer levels (coarse to fine). Context per token at H/d: the E1
+        # features there plus the d x d pixel patch.
+        self._detail_channels = {d: (enc_ch[int(math.log2(d))] + in_channels * d * d) for d in detail}
+        self.reference_detail = nn.ModuleList(
+            [
+                ReferenceDetailAttention(
+                    dec_ch[int(math.log2(d))],
+                    self._detail_channels[d],
+                    ref_detail_attention_heads,
+                    ref_detail_attention_head_dim,
+                    eps,
+                )
+                for d in detail
+            ]
+        )
 
     # --- checks -------------------------------------------------------------------------------------------------
 
@@ -217,13 +254,18 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         if not first and (t == 0 or t % k):
             raise ValueError(f"{name} continues a stream so needs {k}n frames (n >= 1), got {t}.")
 
+    @property
+    def reference_channels(self) -> int:
+        """Channels of `f_c`: C_f for Dref, then each detail level's tokens folded space-to-channel to H/16."""
+        return self.config.feature_channels + sum(c * (16 // d) ** 2 for d, c in self._detail_channels.items())
+
     def _check_references(self, f_c: torch.Tensor | None, z: torch.Tensor) -> None:
         if f_c is None:
             return
-        shape = (z.shape[0], self.config.feature_channels, z.shape[3] * 4, z.shape[4] * 4)
+        shape = (z.shape[0], self.reference_channels, z.shape[3] * 4, z.shape[4] * 4)
         if f_c.ndim != 5 or (f_c.shape[0], *f_c.shape[2:]) != shape:
             raise ValueError(
-                f"f_c must be (B, M, C_f, H/16, W/16) = ({shape[0]}, M, {shape[1]}, {shape[2]}, {shape[3]}) as "
+                f"f_c must be (B, M, C, H/16, W/16) = ({shape[0]}, M, {shape[1]}, {shape[2]}, {shape[3]}) as "
                 f"returned by encode_reference, got {tuple(f_c.shape)}."
             )
 
@@ -242,13 +284,35 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         """One-shot encode of `video` (B, 3, 1+4n, H, W) in [-1, 1] -> posterior over (B, 64, n+1, H/64, W/64)."""
         return DiagonalGaussianDistribution(self.encode_chunk(video)[0])
 
-    def _reference_features(self, images: torch.Tensor) -> torch.Tensor:
-        """E1 features of each image alone: (B, M, 3, H, W) -> (B*M, C_f, 1, H/16, W/16)."""
+    def _reference_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """E1 features of each image alone: (B, M, 3, H, W) -> `f` (B*M, C_f, 1, H/16, W/16), E2's input, and
+        `f_c` (B, M, reference_channels, H/16, W/16): `f` then each detail level's tokens (E1 features at H/d and
+        the pixels' d x d patches), folded space-to-channel to H/16."""
         if images.ndim != 5 or images.shape[2] != self.config.in_channels:
             raise ValueError(f"reference images must be (B, M, 3, H, W) in [-1, 1], got {tuple(images.shape)}.")
         frames = images.flatten(0, 1).unsqueeze(2)  # (B*M, 3, 1, H, W): each image is a 1-frame video
         self._check_frames(frames, True, "reference images")
-        return self.encoder_1(frames)[0]
+        taken: dict[int, torch.Tensor] = {}
+        after = {i: (lambda x, d=d: taken.setdefault(d, x)) for d, i in self._e1_detail.items()}
+        f = self.encoder_1(frames, None, after)[0]  # (B*M, C_f, 1, H/16, W/16)
+        folded = [f]
+        for d in sorted(taken, reverse=True):
+            tokens = torch.cat([taken[d], pixel_unshuffle_3d(frames, 1, d)], dim=1)  # (B*M, C_d, 1, H/d, W/d)
+            folded.append(pixel_unshuffle_3d(tokens, 1, 16 // d))  # (B*M, C_d * (16/d)^2, 1, H/16, W/16)
+        return f, torch.cat(folded, dim=1).squeeze(2).unflatten(0, images.shape[:2])
+
+    def _split_references(self, f_c: torch.Tensor | None) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
+        """`f_c` -> Dref's features (B, M, C_f, H/16, W/16) and each detail level's tokens (B, M, C_d, H/d, W/d)."""
+        if f_c is None or f_c.shape[1] == 0:
+            return None, {}
+        c_f = self.config.feature_channels
+        levels, start = {}, c_f
+        for d, c in sorted(self._detail_channels.items(), reverse=True):
+            width = c * (16 // d) ** 2
+            part = f_c[:, :, start : start + width].flatten(0, 1).unsqueeze(2)  # (B*M, C_d * (16/d)^2, 1, h, w)
+            levels[d] = pixel_shuffle_3d(part, 1, 16 // d).squeeze(2).unflatten(0, f_c.shape[:2])
+            start += width
+        return f_c[:, :, :c_f], levels
 
     def encode_reference(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference features, computed once per stream: `images` (B, M, 3, H, W) in [-1, 1], M = 0..3 ->
@@ -257,11 +321,11 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         b, m, _, h, w = images.shape
         if m == 0:
             k = SPATIAL_COMPRESSION
-            f_c = images.new_zeros(b, 0, self.config.feature_channels, h * 4 // k, w * 4 // k)
+            f_c = images.new_zeros(b, 0, self.reference_channels, h * 4 // k, w * 4 // k)
             return f_c, images.new_zeros(b, 0, self.config.latent_channels, h // k, w // k)
-        f = self._reference_features(images)  # (B*M, C_f, 1, H/16, W/16)
+        f, f_c = self._reference_features(images)
         z_r = DiagonalGaussianDistribution(self.encoder_2(f)[0]).mode()  # (B*M, 64, 1, H/64, W/64)
-        return f.squeeze(2).unflatten(0, (b, m)), z_r.squeeze(2).unflatten(0, (b, m))
+        return f_c, z_r.squeeze(2).unflatten(0, (b, m))
 
     # --- decoding -----------------------------------------------------------------------------------------------
 
@@ -272,9 +336,14 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
             raise ValueError(f"z must be (B, {self.config.latent_channels}, t>=1, h, w), got {tuple(z.shape)}.")
         self._check_references(f_c, z)
         c1, c2 = cache if cache is not None else (None, None)
+        f_dref, detail = self._split_references(f_c)
         f_z, c1 = self.decoder_1(z, c1)  # (B, C_f, t, H/16, W/16)
-        f_z = self.reference_decoder(f_z, f_c)
-        frames, c2 = self.decoder_2(f_z, c2)  # (B, 3, 1+4(t-1) or 4t, H, W)
+        f_z = self.reference_decoder(f_z, f_dref)
+        after = {
+            self._d2_detail[d]: (lambda x, block=block, d=d: block(x, detail.get(d)))
+            for d, block in zip(sorted(self._detail_channels, reverse=True), self.reference_detail)
+        }
+        frames, c2 = self.decoder_2(f_z, c2, after)  # (B, 3, 1+4(t-1) or 4t, H, W)
         return frames, [c1, c2]
 
     def decode_chunk(
@@ -304,5 +373,5 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         f_c = None
         if reference_images is not None and reference_images.shape[1] > 0:
-            f_c = self._reference_features(reference_images).squeeze(2).unflatten(0, reference_images.shape[:2])
+            f_c = self._reference_features(reference_images)[1]
         return self._decode_chunk(z, f_c, None)[0], posterior

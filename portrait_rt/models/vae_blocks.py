@@ -9,6 +9,8 @@ Tensors are `(B, C, T, H, W)` throughout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -111,7 +113,10 @@ class CausalSequential(nn.ModuleList):
         super().__init__(modules)
         self.gradient_checkpointing = False
 
-    def forward(self, x: torch.Tensor, cache: Cache = None) -> tuple[torch.Tensor, Cache]:
+    def forward(
+        self, x: torch.Tensor, cache: Cache = None, after: dict[int, Callable] | None = None
+    ) -> tuple[torch.Tensor, Cache]:
+        """`after[i]`, if given, maps x after child i (a cache-free step such as reference detail attention)."""
         new_cache = []
         for i, module in enumerate(self):
             c = None if cache is None else cache[i]
@@ -119,6 +124,8 @@ class CausalSequential(nn.ModuleList):
                 x, c = self._gradient_checkpointing_func(module, x, c)
             else:
                 x, c = module(x, c)
+            if after and i in after:
+                x = after[i](x)
             new_cache.append(c)
         return x, new_cache
 
@@ -341,3 +348,34 @@ class ReferenceTransformerBlock(nn.Module):
             h = self.norm2(x).reshape(b, t * s, d)
             x = x + self.cross_attn(h, context, rope.repeat(t, 1), context_rope).reshape(b, t, s, d)
         return x + self.mlp(self.norm3(x))
+
+
+class ReferenceDetailAttention(nn.Module):
+    """Reference guidance at a finer decoder level (not in the paper, which guides at H/16 only; see `CausalVideoVAE`).
+
+    Frame-wise cross-attention from the decoder's features at H/d to the references' tokens at H/d: their E1
+    features there and their pixels (each d x d patch, space-to-channel). Keys carry 2D RoPE over the same grid, so
+    a static background attends to where it was. The output projection starts at zero: added to a trained decoder,
+    the block is the identity until it learns to copy detail.
+    """
+
+    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.head_dim = head_dim
+        self.norm = RMSNorm(dim, channel_dim=-1, eps=eps)
+        self.norm_context = RMSNorm(context_dim, channel_dim=-1, eps=eps)
+        self.attn = Attention(dim, heads, head_dim, context_dim=context_dim, eps=eps)
+        nn.init.zeros_(self.attn.to_out.weight)
+        nn.init.zeros_(self.attn.to_out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        # x: (B, C, T, h, w) decoder features; context: (B, M, C_ctx, h, w) reference tokens, or None when M = 0.
+        if context is None or context.shape[1] == 0:
+            return x
+        b, c, t, h, w = x.shape
+        m = context.shape[1]
+        rope = rope_2d(h, w, self.head_dim, x.device)  # (S, head_dim/2)
+        q = self.norm(x.permute(0, 2, 3, 4, 1).reshape(b, t * h * w, c))  # (B, T*S, C)
+        kv = self.norm_context(context.permute(0, 1, 3, 4, 2).reshape(b, m * h * w, -1))  # (B, M*S, C_ctx)
+        out = self.attn(q, kv, rope.repeat(t, 1), rope.repeat(m, 1))
+        return x + out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)

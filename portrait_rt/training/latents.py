@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from portrait_rt.constants import TEMPORAL_COMPRESSION
+from portrait_rt.constants import TEMPORAL_COMPRESSION, usable_video_frames
 from portrait_rt.data.shards import ClipStore
+from portrait_rt.images import frames_to_tensor
 from portrait_rt.models.vae import CausalVideoVAE
-from portrait_rt.training.vae import frames_to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 @torch.no_grad()
 def encode_clip(vae: CausalVideoVAE, frames: np.ndarray, chunk_latents: int = 4) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> posterior-mode latents (64, 1 + (T-1)//4, h, w), streamed `chunk_latents` at a time."""
-    usable = 1 + TEMPORAL_COMPRESSION * ((frames.shape[0] - 1) // TEMPORAL_COMPRESSION)
+    usable = usable_video_frames(frames.shape[0])
     step = TEMPORAL_COMPRESSION * chunk_latents
     bounds = [0, 1 + step - TEMPORAL_COMPRESSION] + list(range(1 + 2 * step - TEMPORAL_COMPRESSION, usable, step))
     bounds = sorted({min(b, usable) for b in bounds} | {usable})

@@ -35,15 +35,15 @@ import argparse
 import json
 import logging
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from portrait_rt.constants import MAX_REFERENCES
+from portrait_rt.constants import MAX_REFERENCES, usable_video_frames
 from portrait_rt.data.shards import ClipStore
 from portrait_rt.data.synthetic import MOUTH_INTERIOR_RGB
 from portrait_rt.eval.metrics import KEY_INNER, KEY_OUTER
+from portrait_rt.images import frames_to_tensor
 from portrait_rt.models.vae import CausalVideoVAE
 from portrait_rt.presets import get_preset
 from portrait_rt.training.common import TrainConfig, Trainer, add_common_arguments, config_from_args
@@ -65,12 +65,6 @@ def parse_stages(text: str) -> list[tuple[int, int, int]]:
         if (frames - 1) % 4 or batch < 1 or int(steps) < 1:
             raise ValueError(f"--stages {part!r}: frames must be 1 + 4n (5, 17, ...), batch and steps >= 1.")
     return stages
-
-
-def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.array(frames)).float() / 127.5 - 1.0  # copies: shard frames are read-only mmaps
-    return x.movedim(-1, -3)
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -98,6 +92,14 @@ def mouth_area(video: torch.Tensor) -> torch.Tensor:
     return mouth_region(video, dilate=0).mean(dim=(1, 3, 4)) / MOUTH_AREA_SCALE
 
 
+def image_gradient_l1(recon: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+    """L1 between the horizontal and vertical pixel differences of `recon` and `video` (B, 3, T, H, W): a sharpness
+    term (an edge the reconstruction blurs costs twice, once per side)."""
+    dx = (recon.diff(dim=-1) - video.diff(dim=-1)).abs().mean()
+    dy = (recon.diff(dim=-2) - video.diff(dim=-2)).abs().mean()
+    return dx + dy
+
+
 class VAETrainingModule(nn.Module):
     """The VAE and its loss in one module, so `accelerate` (DDP, autocast) wraps a single forward."""
 
@@ -110,9 +112,11 @@ class VAETrainingModule(nn.Module):
         lpips: LPIPS | None = None,
         lpips_weight: float = 0.0,
         mouth_probe_weight: float = 0.0,
+        gradient_weight: float = 0.0,
     ):
         super().__init__()
         self.vae, self.kl_weight, self.sample_posterior = vae, kl_weight, sample_posterior
+        self.gradient_weight = gradient_weight
         self.mouth_weight, self.mouth_probe_weight = mouth_weight, mouth_probe_weight
         # 4 outputs per latent frame: the areas of its 4 video frames (the first latent frame: frame 0, 4 times).
         self.mouth_probe = nn.Conv3d(vae.config.latent_channels, 4, 1) if mouth_probe_weight > 0 else None
@@ -128,8 +132,12 @@ class VAETrainingModule(nn.Module):
         logs = {"l1": l1.detach()}
         if self.mouth_weight > 0:
             mouth = mouth_region(video, recon)
-            logs["mouth_l1"] = (error * mouth).sum() / (3 * mouth.sum()).clamp_min(1.0)
+            logs["mouth_l1"] = (error * mouth).detach().sum() / (3 * mouth.sum()).clamp_min(1.0)
             l1 = l1 + self.mouth_weight * (error * mouth).mean()
+        if self.gradient_weight > 0:
+            grad = image_gradient_l1(recon.float(), video)
+            logs["gradient_l1"] = grad.detach()
+            l1 = l1 + self.gradient_weight * grad
         if self.mouth_probe is not None:
             area = mouth_area(video)  # (B, 1 + 4n)
             area = torch.cat([area[:, :1].expand(-1, 3), area], dim=1).unflatten(1, (-1, 4))  # (B, n + 1, 4)
@@ -170,9 +178,10 @@ class VAETrainer(Trainer):
         lpips_weight: float = 0.0,
         lpips_backbone: str | None = None,
         lpips_heads: str | None = None,
+        gradient_weight: float = 0.0,
     ):
-        if lpips_weight < 0:
-            raise ValueError(f"--lpips-weight must be >= 0, got {lpips_weight}.")
+        if lpips_weight < 0 or gradient_weight < 0:
+            raise ValueError(f"--lpips-weight, --gradient-weight must be >= 0, got {lpips_weight}, {gradient_weight}.")
         if lpips_weight > 0 and not (lpips_backbone and lpips_heads):
             raise ValueError(
                 "--lpips-weight > 0 needs local LPIPS weights (nothing is downloaded): pass --lpips-backbone "
@@ -180,6 +189,7 @@ class VAETrainer(Trainer):
                 "package's weights/v0.1/vgg.pth), or leave --lpips-weight at 0."
             )
         self.lpips_weight, self.lpips_backbone, self.lpips_heads = lpips_weight, lpips_backbone, lpips_heads
+        self.gradient_weight = gradient_weight
         if mouth_weight < 0 or mouth_probe_weight < 0:
             raise ValueError(f"--mouth-weight and --mouth-probe-weight must be >= 0, got {mouth_weight}, "
                              f"{mouth_probe_weight}.")  # fmt: skip
@@ -201,6 +211,14 @@ class VAETrainer(Trainer):
     def build_module(self) -> nn.Module:
         if self.init_from:
             vae = CausalVideoVAE.from_pretrained(self.init_from)
+            if self.config_overrides:  # grow a trained VAE: new modules start from their own initialisation
+                config = {k: v for k, v in vae.config.items() if k != "_use_default_values"}  # else defaults win
+                grown = CausalVideoVAE.from_config({**config, **self.config_overrides})
+                missing, unexpected = grown.load_state_dict(vae.state_dict(), strict=False)
+                if unexpected:
+                    raise ValueError(f"--config-json changes trained modules of --init-from: {unexpected[:4]} ...")
+                logger.info("grown from %s: %d new tensors (%s ...)", self.init_from, len(missing), missing[:3])
+                vae = grown
         else:
             cfg = get_preset(self.preset)["vae"]
             cfg.update(resolution=self.store.resolution, use_crva=self.use_crva, **self.config_overrides)
@@ -221,6 +239,7 @@ class VAETrainer(Trainer):
             mouth_probe_weight=self.mouth_probe_weight,
             lpips=lpips,
             lpips_weight=self.lpips_weight,
+            gradient_weight=self.gradient_weight,
         )
 
     def stage(self, step: int) -> tuple[int, int]:
@@ -270,7 +289,7 @@ def latent_statistics(
     zs = []
     for i in range(min(num_clips, len(store))):
         frames, _ = store.load(i)
-        n = min(num_frames, 1 + 4 * ((frames.shape[0] - 1) // 4))
+        n = min(num_frames, usable_video_frames(frames.shape[0]))
         video = frames_to_tensor(frames[:n]).movedim(0, 1)[None].to(vae.device, vae.dtype)  # (1, 3, T, H, W)
         zs.append(vae.encode(video).mode().float().flatten())
     z = torch.cat(zs)
@@ -317,6 +336,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train the decoder only (D1, Dref, D2): latents cached for the DiT stay valid (module docstring)",
     )
+    parser.add_argument(
+        "--gradient-weight", type=float, default=0.0, help="weight of the image-gradient L1 (a sharpness term)"
+    )
     parser.add_argument("--config-json", default=None, help="JSON dict of VAE config values overriding the preset")
 
 
@@ -342,4 +364,5 @@ def build_trainer(args: argparse.Namespace) -> VAETrainer:
         lpips_weight=args.lpips_weight,
         lpips_backbone=args.lpips_backbone,
         lpips_heads=args.lpips_heads,
+        gradient_weight=args.gradient_weight,
     )

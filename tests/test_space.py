@@ -1,69 +1,65 @@
-"""Fast tests of the Space's non-UI logic: model choice, input checks, live segments, the live loop, readouts."""
+"""Fast tests of the Space's own code (`space/`): input checks, live segments, the live loop, readouts, panels."""
 
 import json
 import subprocess
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from portrait_rt.app_support import (
-    FALLBACK_MODEL,
-    LiveSession,
-    LiveStream,
-    ModelChoice,
-    about_markdown,
-    block_size_choices,
-    choose_model,
-    collect_references,
-    lipsync_plot,
-    make_generator,
-    require_audio,
-    run_live,
-    speed_readout,
-    user_errors,
-)
 from portrait_rt.audio import AudioStreamBuffer
 from portrait_rt.constants import FPS, SAMPLES_PER_FRAME
-from portrait_rt.streaming import BlockTiming
+from portrait_rt.loading import BUNDLED_MODEL, ModelChoice, choose_model
+from portrait_rt.streaming import BlockRecord, BlockTiming
 from portrait_rt.video import read_video
+from space.inputs import collect_references, make_generator, require_audio, user_errors
+from space.live import LiveSession, LiveStream, run_live
+from space.panels import about_markdown, block_size_choices, lipsync_plot, speed_readout
 
 from .conftest import speech_like
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------- a stand-in pipeline
 class FakePipe:
-    """The pipeline's streaming contract (blocks of 5 then 8 frames, flush pads and trims) without a model.
+    """The pipeline's streaming contract without a model: block records of 5 then 8 frames, each carrying the
+    model-rate audio of its frames; flush pads the last block with silence and trims it to the audio.
 
     Frame i is a flat grey of brightness 8 * (i % 30) + 10, so order and continuity survive h.264.
     """
 
     def start_stream(self):
-        return SimpleNamespace(buf=AudioStreamBuffer(), frames_out=0, timings=[], finished=False)
+        return SimpleNamespace(audio=AudioStreamBuffer(), video_frames=0, blocks=0)
 
-    def _block(self, state, n):
-        i = np.arange(state.frames_out, state.frames_out + n)
+    def _size(self, stream):
+        return 5 if stream.video_frames == 0 else 8
+
+    def _block(self, stream, samples):
+        n, first = self._size(stream), stream.video_frames
+        i = np.arange(first, first + n)
         frames = np.broadcast_to((8 * (i % 30) + 10).astype(np.uint8)[:, None, None, None], (n, 32, 32, 3)).copy()
-        state.timings.append(BlockTiming(len(state.timings), n, denoise_ms=10.0, latency_ms=12.0))
-        state.frames_out += n
-        return frames
+        audio = np.pad(samples, (0, n * SAMPLES_PER_FRAME - samples.size))
+        stream.video_frames, stream.blocks = first + n, stream.blocks + 1
+        return BlockRecord(frames, audio, first, BlockTiming(stream.blocks - 1, n, denoise_ms=10.0, latency_ms=12.0))
 
-    def _size(self, state):
-        return 5 if state.frames_out == 0 else 8
+    def feed(self, stream, samples, rate):
+        stream.audio.push(samples, rate)
+        while (samples := stream.audio.pop(self._size(stream) * SAMPLES_PER_FRAME)) is not None:
+            yield self._block(stream, samples)
 
-    def feed(self, state, samples, rate):
-        state.buf.push(samples, rate)
-        while state.buf.pop(self._size(state) * SAMPLES_PER_FRAME) is not None:
-            yield self._block(state, self._size(state))
-
-    def flush(self, state):
-        state.buf.close()
-        total = -(-state.buf.total_samples // SAMPLES_PER_FRAME)
-        while state.frames_out < total:
-            n = self._size(state)
-            yield self._block(state, n)[: total - (state.frames_out - n)]
+    def flush(self, stream):
+        stream.audio.close()
+        total = -(-stream.audio.total_samples // SAMPLES_PER_FRAME)
+        while stream.video_frames < total:
+            block = self._block(stream, stream.audio.pop(self._size(stream) * SAMPLES_PER_FRAME, partial=True))
+            keep = total - block.first_frame
+            block.frames, block.audio = block.frames[:keep], block.audio[: keep * SAMPLES_PER_FRAME]
+            yield block
 
 
 def _chunks(x, rate, seed=0):
@@ -83,18 +79,7 @@ def _ffprobe(path):
     }
 
 
-# ---------------------------------------------------------------------------------------------- model choice
-def test_choose_model_order(monkeypatch, tmp_path):
-    monkeypatch.delenv("PORTRAIT_RT_MODEL", raising=False)
-    missing = tmp_path / "nope"
-    fallback = choose_model(None, missing)
-    assert fallback.model == FALLBACK_MODEL and fallback.is_random and "--model" in fallback.notice
-    assert choose_model(None, tmp_path) == ModelChoice(str(tmp_path))  # the bundled folder, when it exists
-    monkeypatch.setenv("PORTRAIT_RT_MODEL", "preset:demo")
-    assert choose_model(None, tmp_path).model == "preset:demo"  # the environment beats the default
-    assert choose_model("some/hub-id", tmp_path) == ModelChoice("some/hub-id")  # --model beats both
-
-
+# ---------------------------------------------------------------------------------------------- panels
 def _stub_pipe(kv_window=8, block_size=2):
     linear = torch.nn.Linear(2, 3)
     transformer = SimpleNamespace(
@@ -114,7 +99,7 @@ def test_about_panel_says_what_is_loaded_and_how_to_change_it(tmp_path):
     text = about_markdown(choose_model(None, tmp_path / "missing"), _stub_pipe())
     assert "preset:tiny" in text and "not there" in text and "--model" in text and "PORTRAIT_RT_MODEL" in text
     assert "real photos" in text  # what it cannot do
-    trained = about_markdown(ModelChoice("assets/portrait-rt-demo"), _stub_pipe())
+    trained = about_markdown(ModelChoice(str(BUNDLED_MODEL)), _stub_pipe())
     assert "⚠️" not in trained and "synthetic" in trained
 
 
@@ -204,8 +189,8 @@ def test_live_stream_segments_carry_their_audio_and_continue(tmp_path):
 
 def test_live_stream_on_the_real_pipeline_matches_offline(tiny_pipe, portraits, tmp_path):
     x = speech_like(1.3, 44100)
-    state = tiny_pipe.start_stream(portraits[:1], num_inference_steps=1, generator=torch.Generator().manual_seed(0))
-    live = LiveStream(tiny_pipe, state, tmp_path)
+    stream = tiny_pipe.start_stream(portraits[:1], num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+    live = LiveStream(tiny_pipe, stream, tmp_path)
     for samples, rate in _chunks(x, 44100, seed=1):
         live.feed(samples, rate)
     live.flush()
@@ -279,3 +264,25 @@ def test_lipsync_plot(tmp_path):
     assert r > 0.8  # ground-truth renders are in sync
     none, why = lipsync_plot(clip.frames[:10], clip.audio[: 10 * SAMPLES_PER_FRAME], tmp_path)
     assert none is None and "not measured" in why
+
+
+# ---------------------------------------------------------------------------------------------- boundaries
+def test_the_library_never_imports_gradio_or_the_space():
+    code = (
+        "import sys, portrait_rt.pipeline, portrait_rt.loading, portrait_rt.generate, portrait_rt.bench; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gradio', 'space')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_browser_tests_collect_without_playwright():
+    """`pytest -m "not browser"`, the README's subset, must not need the browser stack installed."""
+    code = (
+        "import sys; sys.modules['playwright'] = None; import pytest; "  # any `import playwright` now fails
+        "sys.exit(pytest.main(['--collect-only', '-q', '-m', 'not browser', '-p', 'no:cacheprovider', "
+        "'tests/test_app.py']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode in (0, 5), out.stdout + out.stderr  # 5: every test deselected; 2 would be an import error
+    assert "error" not in out.stdout.lower(), out.stdout

@@ -1,0 +1,56 @@
+"""The one pipeline loader and the one default-model policy (the Space, `generate` and `bench` all use them)."""
+
+import argparse
+
+import torch
+
+from portrait_rt.loading import (
+    BUNDLED_MODEL,
+    FALLBACK_MODEL,
+    ModelChoice,
+    add_model_arguments,
+    choose_model,
+    load_from_args,
+    load_pipeline,
+)
+
+
+def test_choose_model_order(monkeypatch, tmp_path):
+    monkeypatch.delenv("PORTRAIT_RT_MODEL", raising=False)
+    missing = tmp_path / "nope"
+    fallback = choose_model(None, missing)
+    assert fallback.model == FALLBACK_MODEL and fallback.is_random and "--model" in fallback.notice
+    assert choose_model(None, tmp_path) == ModelChoice(str(tmp_path))  # the bundled folder, when it exists
+    monkeypatch.setenv("PORTRAIT_RT_MODEL", "preset:demo")
+    assert choose_model(None, tmp_path).model == "preset:demo"  # the environment beats the default
+    assert choose_model("some/hub-id", tmp_path) == ModelChoice("some/hub-id")  # --model beats both
+
+
+def test_the_default_is_the_bundled_demo_model(monkeypatch):
+    monkeypatch.delenv("PORTRAIT_RT_MODEL", raising=False)
+    assert (BUNDLED_MODEL / "model_index.json").is_file()  # found from the package, whatever the working directory
+    assert choose_model() == ModelChoice(str(BUNDLED_MODEL))
+
+
+def test_load_a_preset_on_cpu_in_float32_and_in_bfloat16():
+    pipe = load_pipeline("preset:tiny", "cpu")
+    assert pipe.device.type == "cpu" and pipe.transformer.dtype == torch.float32
+    low = load_pipeline("preset:tiny", "cpu", torch.bfloat16)
+    assert low.transformer.proj_out.weight.dtype == torch.bfloat16
+    assert low.transformer.blocks[0].scale_shift_table.dtype == torch.float32  # _keep_in_fp32_modules, as diffusers
+
+
+def test_command_line_options_load_the_pipeline(monkeypatch):
+    monkeypatch.delenv("PORTRAIT_RT_MODEL", raising=False)
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    threads = torch.get_num_threads()
+    try:
+        args = parser.parse_args(
+            ["--model", "preset:tiny", "--device", "cpu", "--dtype", "bfloat16", "--threads", "1"]
+        )
+        pipe, choice = load_from_args(args)
+        assert choice == ModelChoice("preset:tiny") and torch.get_num_threads() == 1
+        assert pipe.transformer.proj_out.weight.dtype == torch.bfloat16
+    finally:
+        torch.set_num_threads(threads)
