@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from PIL import Image
 
 from portrait_rt.pipeline import PortraitRTPipeline
-from portrait_rt.training.export import CONTACT_SHEET, PIPELINE_ENTRY, _closure, export, write_remote_code
+from portrait_rt.training.export import PIPELINE_ENTRY, _closure, export, write_remote_code
 from tests.conftest import speech_like
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,22 +104,22 @@ def test_each_model_folder_holds_only_the_modules_it_needs():
     }
 
 
-def test_export_writes_a_hub_model_card_with_a_contact_sheet(tmp_path):
-    """From trained-run folders (here the tiny preset's components) to a folder with card, sheet and code."""
+def test_export_writes_a_hub_model_card_and_the_code(tmp_path):
+    """From trained-run folders (here the tiny preset's components) to a folder with its code and a model card in the
+    Hub's format: YAML front matter, how to load it with and without portrait-rt, the report's table and sheet."""
     torch.manual_seed(0)
     pipe = PortraitRTPipeline.from_preset("tiny")
     pipe.vae.save_pretrained(tmp_path / "vae")
     pipe.transformer.save_pretrained(tmp_path / "dit" / "transformer")
     pipe.audio_encoder.save_pretrained(tmp_path / "dit" / "audio_encoder")
-    sheet_inputs = (REPO / "assets" / "examples" / "portrait_a.png", (speech_like(1.0), 16000))
-    export(tmp_path / "vae", tmp_path / "dit", tmp_path / "out", {"lipsync_r": 0.5}, sheet_inputs=sheet_inputs)
+    metrics = {"lipsync_r": 0.5, "contact_sheet": "contact_sheet.png"}
+    export(tmp_path / "vae", tmp_path / "dit", tmp_path / "out", metrics)
 
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert card.data.license == "apache-2.0" and card.data.library_name == "diffusers"
     assert card.data.pipeline_tag == "image-to-video" and "talking-portrait" in card.data.tags
-    assert f"]({CONTACT_SHEET})" in card.text and "lip-sync r" in card.text and "trust_remote_code=True" in card.text
-    sheet = Image.open(tmp_path / "out" / CONTACT_SHEET)
-    assert sheet.size == (9 * pipe.resolution, pipe.resolution)  # the reference + 8 frames
+    assert f'DiffusionPipeline.from_pretrained("{tmp_path / "out"}", trust_remote_code=True)' in card.text
+    assert "](contact_sheet.png)" in card.text and "lip-sync r" in card.text
     assert (tmp_path / "out" / f"{PIPELINE_ENTRY}.py").is_file()
 
 
