@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -75,13 +76,17 @@ def make_data(work: Path, preset: str, num_clips: int) -> dict:
 
 # --- training phases -----------------------------------------------------------------------------------------------
 def timed(trainer_cls):
-    """`trainer_cls` that records when each step starts and how long each checkpoint takes."""
+    """`trainer_cls` that records when each step starts, how long its batch took to load (shards are read in the
+    training process: no loader workers) and how long each checkpoint takes."""
 
     class Timed(trainer_cls):
         def make_batch(self, step, micro, generator):
+            start = time.perf_counter()
             if micro == 0:
-                self.__dict__.setdefault("step_starts", []).append(time.perf_counter())
-            return super().make_batch(step, micro, generator)
+                self.__dict__.setdefault("step_starts", []).append(start)
+            batch = super().make_batch(step, micro, generator)
+            self.__dict__.setdefault("data_s", []).append(time.perf_counter() - start)
+            return batch
 
         def save_checkpoint(self):
             start = time.perf_counter()
@@ -103,6 +108,8 @@ def train_twice(make_trainer, steps: int) -> dict:
     stopped_at = first.progress.step
     second = make_trainer(stop_at_step=None)
     resumed = second.train()
+    if second.progress.step < second.config.max_steps:  # stopped by --max-minutes: save what it has
+        second.finish()
     losses = [r["loss"] for r in history + resumed]
     step_s = [b - a for t in (first, second) for a, b in zip(t.step_starts[1:-1], t.step_starts[2:])]
     batch = second.config.batch_size
@@ -127,6 +134,7 @@ def train_twice(make_trainer, steps: int) -> dict:
         "step_s": round(median, 4),
         "samples_per_s": round(batch * acc.num_processes / median, 3),
         "sample_s": round(median / batch, 4),  # per process: the time one GPU spends on one sample
+        "data_s": round(float(np.median(first.data_s[1:] + second.data_s[1:])), 4),  # of step_s: loading a batch
         "timed_steps": len(step_s),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "checkpoint_gib": round(sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 2**30, 2),
@@ -237,12 +245,12 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/portrait-rt-train-check", help="data, runs and checkpoints")
     parser.add_argument("--out", default="benchmarks/results", help="folder of the JSON results")
     parser.add_argument("--tag", default="plain", help="names the DiT run: 'fsdp' under the FSDP launch")
-    parser.add_argument("--steps", type=int, default=24, help="optimizer steps per training phase (half, resume)")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per training phase (half, resume)")
     parser.add_argument("--vae-batch", type=int, default=2)
     parser.add_argument("--dit-batch", type=int, default=4)
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--max-minutes", type=float, default=1.5, help="wall-clock guard per trainer")
+    parser.add_argument("--max-minutes", type=float, default=0.75, help="wall-clock guard per trainer (each half)")
     args = parser.parse_args()
 
     from accelerate import PartialState
@@ -261,7 +269,9 @@ def main() -> int:
             if phase == "data":
                 results[key] = make_data(work, args.preset, args.clips) if state.is_main_process else {}
             elif phase == "report":
-                results[key] = project(results) if args.preset == "paper" else "projections for --preset paper only"
+                results[key] = project(results) if args.preset == "paper" else {"projections": "--preset paper only"}
+                if os.environ.get("CHECK_STARTED"):  # set by gpu_train_check.sh
+                    results[key]["check_wall_s"] = round(time.time() - float(os.environ["CHECK_STARTED"]))
             else:
                 results[key] = PHASES[phase](work, args)
         except Exception as e:  # recorded, and the next phase runs
