@@ -20,6 +20,7 @@ time, the distributed type accelerate chose.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -97,24 +98,42 @@ def timed(trainer_cls):
     return Timed
 
 
+def _peak_gib() -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def _free_memory() -> None:
+    """Free the GPU memory of trainers no longer referenced, so that the next one's peak is its own."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _intervals(starts: list[float]) -> list[float]:
+    """Step times from step start times: the first step (warm-up) and the last (no end mark) left out."""
+    return [b - a for a, b in zip(starts[1:-1], starts[2:])]
+
+
 def train_twice(make_trainer, steps: int) -> dict:
     """Train to `steps // 2` (checkpoint, stop), resume in a fresh trainer to `steps`; the phase's figures."""
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    _free_memory()
     start = time.perf_counter()
     first = make_trainer(stop_at_step=steps // 2)
     history = first.train()
-    stopped_at = first.progress.step
+    stopped_at, step_s, data_s = first.progress.step, _intervals(first.step_starts), first.data_s[1:]
+    checkpoint_s, peak = first.checkpoint_s, _peak_gib()
+    del first
+    _free_memory()
     second = make_trainer(stop_at_step=None)
     resumed = second.train()
     if second.progress.step < second.config.max_steps:  # stopped by --max-minutes: save what it has
         second.finish()
     losses = [r["loss"] for r in history + resumed]
-    step_s = [b - a for t in (first, second) for a, b in zip(t.step_starts[1:-1], t.step_starts[2:])]
+    step_s, data_s = step_s + _intervals(second.step_starts), data_s + second.data_s[1:]
     batch = second.config.batch_size
     median = float(np.median(step_s)) if step_s else float("nan")
-    ckpt = max((first.output_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: p.stat().st_mtime)
+    ckpt = max((second.output_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: p.stat().st_mtime)
     n = max(3, len(losses) // 4)
     acc = second.accelerator
     return {
@@ -134,11 +153,11 @@ def train_twice(make_trainer, steps: int) -> dict:
         "step_s": round(median, 4),
         "samples_per_s": round(batch * acc.num_processes / median, 3),
         "sample_s": round(median / batch, 4),  # per process: the time one GPU spends on one sample
-        "data_s": round(float(np.median(first.data_s[1:] + second.data_s[1:])), 4),  # of step_s: loading a batch
+        "data_s": round(float(np.median(data_s)), 4),  # of step_s: loading a batch
         "timed_steps": len(step_s),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "peak_memory_gib": max(peak, _peak_gib()) if peak is not None else None,  # one trainer's, the larger
         "checkpoint_gib": round(sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 2**30, 2),
-        "checkpoint_s": round(max(first.checkpoint_s + second.checkpoint_s), 1),
+        "checkpoint_s": round(max(checkpoint_s + second.checkpoint_s), 1),
         "wall_s": round(time.perf_counter() - start, 1),
     }
 
