@@ -143,7 +143,7 @@ def train_twice(make_trainer, steps: int) -> dict:
         "distributed_type": str(acc.distributed_type).split(".")[-1],
         "sharded": second.sharded,
         "mixed_precision": acc.mixed_precision,
-        "parameters_m": round(sum(p.numel() for p in second.module.parameters()) / 1e6, 1),
+        "parameters_m": round(sum(p.numel() for p in second.module.parameters()) / 1e6, 3),
         "stopped_at": stopped_at,
         "resumed_at": resumed[0]["step"] - 1 if resumed else None,
         "loss_first": float(np.mean(losses[:n])),

@@ -1,6 +1,7 @@
 """`benchmarks/gpu_train_check.sh` (the GPU training check) as a CPU smoke test at preset tiny: every phase runs,
 checkpoints and resumes, and the JSON carries the figures a GPU run reports. No timings are asserted."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -28,3 +29,17 @@ def test_gpu_train_check_runs_on_cpu_at_preset_tiny(tmp_path):
     # On CPU accelerate runs the FSDP launch unsharded (FSDP is for accelerators); the JSON says so.
     assert results["dit_fsdp"]["distributed_type"] == "NO" and not results["dit_fsdp"]["sharded"]
     assert not (tmp_path / "work").exists()  # checkpoints cleaned up
+
+
+def test_projection_of_the_paper_schedules():
+    spec = importlib.util.spec_from_file_location("gpu_train_check", REPO / "benchmarks" / "gpu_train_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    hours = check.project({"vae": {"sample_s": 1.0}, "dit": {"sample_s": 0.1}})
+    # DiT: 250k steps x 256 samples x 0.1 s. VAE stage 1: 400k x 512 samples at 256² x 5 frames, each costing
+    # (256² x 5) / (512² x 17) of the measured 1 s; the 512² x 17-frame stage costs the measured second.
+    assert hours["dit"]["gpu_hours"] == round(250_000 * 256 * 0.1 / 3600)
+    stages = {(s["resolution"], s["frames"]): s["gpu_hours"] for s in hours["vae"]["stages"]}
+    assert stages[(256, 5)] == round(400_000 * 512 * (256 * 256 * 5) / (512 * 512 * 17) / 3600)
+    assert stages[(512, 17)] == round(20_000 * 256 / 3600)
+    assert hours["vae"]["gpu_hours"] == sum(stages.values()) and "dit_fsdp" not in hours
