@@ -181,8 +181,9 @@ def load_audio(path: str | Path) -> np.ndarray:
     return audio.copy()
 
 
-def _seconds(a: int, b: int) -> str:
-    return f"{a / FPS:.2f}-{b / FPS:.2f} s"
+def _part(source: str, start: int, end: int, num_frames: int) -> str:
+    """How a skipped or prepared part of a video is named in logs and index.json: "talk.mp4 [2.24-3.60 s]"."""
+    return source if (start, end) == (0, num_frames) else f"{source} [{start / FPS:.2f}-{end / FPS:.2f} s]"
 
 
 def prepare_video(
@@ -216,30 +217,32 @@ def prepare_video(
         spans, gaps = [CropSpan(0, num_frames, np.tile(np.array([x, y, side]), (num_frames, 1)))], []
     else:
         spans, gaps = plan_face_crops(at, faces, num_frames, size, framing, FPS)
-    whole = (0, num_frames)
     for a, b in gaps:
-        store.skip(source if (a, b) == whole else f"{source} [{_seconds(a, b)}]", "no face found")
+        store.skip(_part(source, a, b, num_frames), "no face found")
     plans = []
     for plan in split_spans(spans, round(max_seconds * FPS) if max_seconds else None):
         if plan.end - plan.start < min_seconds * FPS:
-            where = source if (plan.start, plan.end) == whole else f"{source} [{_seconds(plan.start, plan.end)}]"
-            store.skip(where, f"too short ({(plan.end - plan.start) / FPS:.2f} s < {min_seconds} s)")
+            reason = f"too short ({(plan.end - plan.start) / FPS:.2f} s < {min_seconds} s)"
+            store.skip(_part(source, plan.start, plan.end, num_frames), reason)
         else:
             plans.append(plan)
     stem, added = source.rsplit(".", 1)[0].replace("/", "__"), 0
-    for plan, frames in crop_clips(path, size, plans, store.resolution):
-        clip_audio = audio[plan.start * SAMPLES_PER_FRAME : plan.end * SAMPLES_PER_FRAME]
-        span = (plan.start, plan.end)
-        where = source if span == whole else f"{source} [{_seconds(*span)}]"
-        if is_silent(clip_audio):
-            store.skip(where, "silent audio (below -60 dBFS)")
-            continue
-        name = stem if span == whole else f"{stem}__{plan.start:06d}"
-        mode = "box" if box is not None else ("centre" if fixed is not None else "face")
-        store.add(name, frames, clip_audio, source=source, source_frames=list(span), source_size=list(size), crop=mode)
-        np.save(store.root / name / "crop_boxes.npy", plan.boxes.astype(np.int32))
-        logger.info("prepared %s: %d frames (%s crop)", where, frames.shape[0], mode)
-        added += 1
+    mode = "box" if box is not None else ("centre" if fixed is not None else "face")
+    try:
+        for plan, frames in crop_clips(path, size, plans, store.resolution):
+            part = _part(source, plan.start, plan.end, num_frames)
+            clip_audio = audio[plan.start * SAMPLES_PER_FRAME : plan.end * SAMPLES_PER_FRAME]
+            if is_silent(clip_audio):
+                store.skip(part, "silent audio (below -60 dBFS)")
+                continue
+            name = stem if part == source else f"{stem}__{plan.start:06d}"
+            info = {"source": source, "source_frames": [plan.start, plan.end], "source_size": list(size), "crop": mode}
+            store.add(name, frames, clip_audio, **info)
+            np.save(store.root / name / "crop_boxes.npy", plan.boxes.astype(np.int32))
+            logger.info("prepared %s: %d frames (%s crop)", part, frames.shape[0], mode)
+            added += 1
+    except RuntimeError as e:  # ffmpeg failed part way: keep the clips before the failure
+        store.skip(source, f"ffmpeg could not decode it ({e})")
     return added
 
 
