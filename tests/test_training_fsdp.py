@@ -76,6 +76,7 @@ def latents(tmp_path_factory):
     return root / "latents.pt"
 
 
+@pytest.mark.slow
 def test_fsdp_trains_resumes_and_exports_like_the_unsharded_trainer(latents, tmp_path):
     from safetensors.torch import load_file
 
