@@ -23,6 +23,10 @@ reference index is encoded, so the result does not depend on the order of the re
 is not squashed (L1 training sees raw values), `decode`/`decode_chunk` clamp to [-1, 1]. `use_crva=False` gives
 the paper's Table 2 "w/o CR-VA" interpolation baseline (pooling / nearest upsampling plus one conv, no
 shortcut). Latents are raw; the DiT sees `(z - shift_factor) * scaling_factor`.
+
+Not in the paper, off in the `paper` preset: `ref_warp_channels > 0` adds `ReferenceWarp` after D2, which blends the
+decoded frames with the reference images warped by a predicted flow. At small sizes Dref's H/16 grid is too coarse
+to carry eyes, glasses or a patterned background; the warp copies them from the references instead.
 """
 
 from __future__ import annotations
@@ -214,8 +218,8 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         self.decoder_2 = CausalSequential(d2)
 
         # Reference warp (not in the paper): its inputs per reference are E1's features at H/4 and the pixels.
-        self._warp_channels = enc_ch[int(math.log2(ReferenceWarp.downscale))] if ref_warp_channels else 0
-        self.reference_warp = ReferenceWarp(self._warp_channels, ref_warp_channels) if ref_warp_channels else None
+        warp_features = enc_ch[int(math.log2(ReferenceWarp.downscale))]
+        self.reference_warp = ReferenceWarp(warp_features, ref_warp_channels) if ref_warp_channels else None
 
     # --- checks -------------------------------------------------------------------------------------------------
 
