@@ -31,7 +31,7 @@ VAE_PRESETS: dict[str, dict] = {
     },
     # The bundled CPU demo at 128² (assets/portrait-rt-demo): 8 channels and no ResBlocks at H and H/2 (decode speed),
     # the width and the ResBlocks at H/4..H/16 where they are cheap; narrow enough to train on a shared 2-core CPU.
-    # Not in the paper: reference detail attention at H/8 and H/4 (Dref's 8 x 8 grid at H/16 is coarser than an eye).
+    # Not in the paper: the reference warp (`ReferenceWarp`; Dref's 8 x 8 grid at H/16 is coarser than an eye).
     "demo": {
         "resolution": 128,
         "block_out_channels": [8, 16, 32, 64],
@@ -45,9 +45,7 @@ VAE_PRESETS: dict[str, dict] = {
         "ref_num_layers": 2,
         "ref_num_attention_heads": 2,
         "ref_attention_head_dim": 32,
-        "ref_detail_downscales": [8, 4],
-        "ref_detail_attention_heads": 2,
-        "ref_detail_attention_head_dim": 32,
+        "ref_warp_channels": 32,
     },
     # Tests: 64², a few thousand parameters per stage.
     "tiny": {
@@ -61,9 +59,7 @@ VAE_PRESETS: dict[str, dict] = {
         "ref_num_layers": 1,
         "ref_num_attention_heads": 2,
         "ref_attention_head_dim": 8,
-        "ref_detail_downscales": [4],
-        "ref_detail_attention_heads": 1,
-        "ref_detail_attention_head_dim": 8,
+        "ref_warp_channels": 8,
     },
 }
 

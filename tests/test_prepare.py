@@ -24,7 +24,7 @@ def video_dir(tmp_path_factory):
 
 def test_prepare_corpus_videos(video_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        store = prepare_folder(video_dir, tmp_path / "shards", resolution=64)
+        store = prepare_folder(video_dir, tmp_path / "shards", resolution=64, crop="centre")
     assert sorted(store.names) == ["train_00000000", "train_00000001"]
     reasons = {s["source"]: s["reason"] for s in ClipStore(tmp_path / "shards").index["skipped"]}
     assert set(reasons) == {"corrupt.mp4", "silent.mp4", "no_audio.mp4"}

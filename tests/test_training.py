@@ -106,6 +106,27 @@ def test_freeze_encoder_trains_the_decoder_only(trained_vae, shards, tmp_path):
     assert not all(same for name, same in unchanged.items() if name.startswith("decoder_2"))  # the decoder trains
 
 
+def test_grow_a_trained_vae_with_the_reference_warp(shards, tmp_path):
+    """`--init-from` a VAE without the reference warp plus `--config-json '{"ref_warp_channels": 8}'`: the trained
+    weights carry over, the warp is the only new module and it trains (with the image-gradient term on)."""
+    from safetensors.torch import load_file
+
+    plain = tmp_path / "plain"
+    VAETrainer(_vae_config(plain), shards.root, preset="tiny", stages=[(5, 2, 1)],
+               config_overrides={"ref_warp_channels": 0}).train()  # fmt: skip
+    config = _vae_config(tmp_path / "grown", ema_decay=0.0)
+    history = VAETrainer(config, shards.root, init_from=str(plain / "vae"), stages=[(5, 2, 2)], freeze_encoder=True,
+                         config_overrides={"ref_warp_channels": 8}, gradient_weight=1.0).train()  # fmt: skip
+    assert all(np.isfinite(h["gradient_l1"]) for h in history)
+    before = load_file(plain / "vae" / "diffusion_pytorch_model.safetensors")
+    after = load_file(tmp_path / "grown" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert set(after) - set(before) and all(k.startswith("reference_warp.") for k in set(after) - set(before))
+    assert after["reference_warp.head.4.weight"].abs().sum() > 0  # left zero, it trained
+    with pytest.raises(ValueError, match="changes trained modules"):
+        VAETrainer(_vae_config(tmp_path / "bad"), shards.root, init_from=str(tmp_path / "grown" / "vae"),
+                   stages=[(5, 2, 1)], config_overrides={"ref_warp_channels": 0}).train()  # fmt: skip
+
+
 def test_mouth_area_counts_the_interior_per_frame():
     from portrait_rt.data.synthetic import MOUTH_INTERIOR_RGB
     from portrait_rt.training.vae import MOUTH_AREA_SCALE, mouth_area

@@ -199,18 +199,17 @@ def test_paper_parameter_counts():
 
 
 @pytest.fixture(scope="module")
-def detail_vae() -> CausalVideoVAE:
-    """The tiny VAE with reference detail attention at H/4 and H/8, output projections no longer zero (as trained)."""
+def warp_vae() -> CausalVideoVAE:
+    """The tiny VAE (it has the reference warp) with the warp head's last conv no longer zero (as trained)."""
     torch.manual_seed(0)
-    vae = CausalVideoVAE(**{**VAE_PRESETS["tiny"], "ref_detail_downscales": [8, 4]}).eval()
-    for block in vae.reference_detail:
-        torch.nn.init.normal_(block.attn.to_out.weight, std=0.2)
+    vae = CausalVideoVAE(**VAE_PRESETS["tiny"]).eval()
+    torch.nn.init.normal_(vae.reference_warp.head[-1].weight, std=0.05)
     return vae
 
 
 @torch.no_grad()
-def test_reference_detail_attention_streams_and_ignores_order(detail_vae):
-    vae = detail_vae
+def test_reference_warp_streams_and_ignores_order(warp_vae):
+    vae = warp_vae
     images = _video(3).transpose(1, 2)  # (1, 3 refs, 3, H, W)
     f_c = vae.encode_reference(images)[0]
     assert f_c.shape == (1, 3, vae.reference_channels, RES // 16, RES // 16)
@@ -226,30 +225,32 @@ def test_reference_detail_attention_streams_and_ignores_order(detail_vae):
 
 
 @torch.no_grad()
-def test_reference_detail_attention_reads_reference_pixels(detail_vae):
-    """The H/4 tokens carry the reference's pixels: a 4x4 patch changed in the image changes the decoded video, and
-    the levels unfold from `f_c` exactly as they were folded."""
-    vae = detail_vae
+def test_reference_warp_copies_reference_pixels():
+    """With identity flow and a blend logit far above the decoded frame's, the output is the reference itself, pixel
+    for pixel (the sharpness the warp exists for); the folded pixel patches unfold exactly."""
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(**VAE_PRESETS["tiny"]).eval()
+    torch.nn.init.constant_(vae.reference_warp.head[-1].bias[2], 30.0)  # blend logit 30: the reference wins
     image = _video(1).transpose(1, 2)  # (1, 1, 3, H, W)
     f_c = vae.encode_reference(image)[0]
-    _, levels = vae._split_references(f_c)
-    patches = levels[4][0, 0, -3 * 16 :]  # (48, H/4, W/4): the pixel part of the H/4 tokens
-    assert torch.equal(patches, torch.nn.functional.pixel_unshuffle(image[0, 0], 4))
-    changed = image.clone()
-    changed[..., 20:24, 20:24] = -changed[..., 20:24, 20:24]
-    z = _latents(2)
-    assert not torch.allclose(vae.decode(z, f_c), vae.decode(z, vae.encode_reference(changed)[0]))
+    _, warp_inputs = vae._split_references(f_c)
+    assert torch.equal(warp_inputs[0, 0, -48:], torch.nn.functional.pixel_unshuffle(image[0, 0], 4))
+    out = vae.decode(_latents(2), f_c)  # (1, 3, 5, H, W)
+    assert (out - image[:, 0, :, None]).abs().max() <= 1e-5
 
 
 @torch.no_grad()
-def test_grown_vae_starts_as_the_trained_one(vae):
-    """Reference detail attention starts at zero output: a trained VAE grown with it (`train vae --init-from ...
-    --config-json '{"ref_detail_downscales": [4]}'`) decodes exactly as before until training moves it."""
-    plain = CausalVideoVAE(**{**VAE_PRESETS["tiny"], "ref_detail_downscales": []}).eval()
-    grown = CausalVideoVAE(**{**VAE_PRESETS["tiny"], "ref_detail_downscales": [8, 4]}).eval()
-    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("reference_detail.") for k in missing)
-    images, z = _video(2).transpose(1, 2), _latents(3)
-    out_plain = plain.decode(z, plain.encode_reference(images)[0])
-    out_grown = grown.decode(z, grown.encode_reference(images)[0])
-    assert (out_plain - out_grown).abs().max() <= 1e-6
+def test_reference_warp_moves_with_its_flow():
+    """A constant predicted flow of +2 px in x samples the reference 2 px to the right."""
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(**VAE_PRESETS["tiny"]).eval()
+    bias = vae.reference_warp.head[-1].bias
+    bias[0], bias[2] = 2.0 / vae.reference_warp.downscale, 30.0  # flow x = 2 px, the reference wins
+    image = _video(1).transpose(1, 2)
+    out = vae.decode(_latents(1), vae.encode_reference(image)[0])  # (1, 3, 1, H, W)
+    assert (out[0, :, 0, :, :-2] - image[0, 0, :, :, 2:]).abs().max() <= 1e-5
+
+
+def test_paper_preset_has_no_reference_warp():
+    with torch.device("meta"):
+        assert CausalVideoVAE(**VAE_PRESETS["paper"]).reference_warp is None

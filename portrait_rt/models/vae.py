@@ -23,6 +23,10 @@ reference index is encoded, so the result does not depend on the order of the re
 is not squashed (L1 training sees raw values), `decode`/`decode_chunk` clamp to [-1, 1]. `use_crva=False` gives
 the paper's Table 2 "w/o CR-VA" interpolation baseline (pooling / nearest upsampling plus one conv, no
 shortcut). Latents are raw; the DiT sees `(z - shift_factor) * scaling_factor`.
+
+Not in the paper, off in the `paper` preset: `ref_warp_channels > 0` adds `ReferenceWarp` after D2, which blends the
+decoded frames with the reference images warped by a predicted flow. At small sizes Dref's H/16 grid is too coarse
+to carry eyes, glasses or a patterned background; the warp copies them from the references instead.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ from .vae_blocks import (
     CausalResBlock,
     CausalSequential,
     DownsampleBlock3d,
-    ReferenceDetailAttention,
     ReferenceTransformerBlock,
+    ReferenceWarp,
     RMSNorm,
     UpsampleBlock3d,
     pixel_shuffle_3d,
@@ -116,11 +120,10 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         latent_layers_per_block: CausalResBlocks per E2 / D1 block.
         temporal_downsample: which E1 stages halve time (two of them: 4x).
         ref_num_layers, ref_num_attention_heads, ref_attention_head_dim, ref_mlp_ratio: Dref size.
-        ref_detail_downscales: not in the paper (empty in the `paper` preset). Decoder levels H/d (d in 2, 4, 8)
-            where D2 also cross-attends to the references, to their E1 features and pixels at H/d
-            (`ReferenceDetailAttention`, `ref_detail_attention_heads` x `ref_detail_attention_head_dim`). Dref's
-            H/16 grid is 8 x 8 at 128²: an eye is smaller than a cell, so without this nothing finer than 16 px
-            can come from the references. Their tokens travel in `f_c`, space-to-channel at H/16.
+        ref_warp_channels: not in the paper (0 in the `paper` preset). Width of `ReferenceWarp`'s head: the decoded
+            frames are blended, per pixel, with each reference image warped by a flow predicted at H/4. Dref's H/16
+            grid is 8 x 8 at 128²: an eye is smaller than a cell, so without this nothing finer than 16 px comes
+            from the references. Its H/4 inputs (E1 features and pixels) travel in `f_c`, space-to-channel at H/16.
         use_crva: False gives the interpolation baseline without CR-VA shortcuts (paper Table 2).
         scaling_factor, shift_factor: latent normalisation for the DiT: `(z - shift_factor) * scaling_factor`.
     """
@@ -147,9 +150,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         ref_num_attention_heads: int = 4,
         ref_attention_head_dim: int = 64,
         ref_mlp_ratio: float = 4.0,
-        ref_detail_downscales: tuple[int, ...] = (),
-        ref_detail_attention_heads: int = 2,
-        ref_detail_attention_head_dim: int = 32,
+        ref_warp_channels: int = 0,
         use_crva: bool = True,
         scaling_factor: float = 1.0,
         shift_factor: float = 0.0,
@@ -176,19 +177,14 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         )
         eps = norm_eps
 
-        detail = sorted(set(ref_detail_downscales), reverse=True)  # coarse to fine, as D2 runs
-        if any(d not in (2, 4, 8) for d in detail):
-            raise ValueError(f"ref_detail_downscales must be among 2, 4, 8 (decoder levels H/d), got {detail}.")
-
-        # E1: pixels -> C_f features at H/16, time /4. `self._e1_detail[d]`: the child whose output is at H/d.
+        # E1: pixels -> C_f features at H/16, time /4. `self._e1_at_warp`: the child whose output is at H/4.
         e1: list[nn.Module] = [CausalConv3d(in_channels, enc_ch[0])]
-        self._e1_detail: dict[int, int] = {}
         for s in range(n_stages):
             e1 += [CausalResBlock(enc_ch[s], eps) for _ in range(enc_layers[s])]
             out = enc_ch[s + 1] if s + 1 < n_stages else feature_channels
             e1.append(DownsampleBlock3d(enc_ch[s], out, kts[s], 2, use_crva))
-            if 2 ** (s + 1) in detail:
-                self._e1_detail[2 ** (s + 1)] = len(e1) - 1
+            if 2 ** (s + 1) == ReferenceWarp.downscale:
+                self._e1_at_warp = len(e1) - 1
         self.encoder_1 = CausalSequential(e1)
 
         # E2: C_f features -> posterior moments at H/64.
@@ -212,33 +208,18 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
             feature_channels, ref_num_layers, ref_num_attention_heads, ref_attention_head_dim, ref_mlp_ratio, eps
         )
 
-        # D2 (mirror of E1): features -> pixels, time x4. `self._d2_detail[d]`: the child whose output is at H/d.
+        # D2 (mirror of E1): features -> pixels, time x4.
         d2: list[nn.Module] = []
-        self._d2_detail: dict[int, int] = {}
         for s in reversed(range(n_stages)):
             ch_in = dec_ch[s + 1] if s + 1 < n_stages else feature_channels
             d2.append(UpsampleBlock3d(ch_in, dec_ch[s], kts[s], 2, use_crva))
-            if 2**s in detail:
-                self._d2_detail[2**s] = len(d2) - 1
             d2 += [CausalResBlock(dec_ch[s], eps) for _ in range(dec_layers[s])]
         d2.append(CausalConvOut(dec_ch[0], in_channels, eps))
         self.decoder_2 = CausalSequential(d2)
 
-        # Reference detail attention at the finer levels (coarse to fine). Context per token at H/d: the E1
-        # features there plus the d x d pixel patch.
-        self._detail_channels = {d: (enc_ch[int(math.log2(d))] + in_channels * d * d) for d in detail}
-        self.reference_detail = nn.ModuleList(
-            [
-                ReferenceDetailAttention(
-                    dec_ch[int(math.log2(d))],
-                    self._detail_channels[d],
-                    ref_detail_attention_heads,
-                    ref_detail_attention_head_dim,
-                    eps,
-                )
-                for d in detail
-            ]
-        )
+        # Reference warp (not in the paper): its inputs per reference are E1's features at H/4 and the pixels.
+        warp_features = enc_ch[int(math.log2(ReferenceWarp.downscale))]
+        self.reference_warp = ReferenceWarp(warp_features, ref_warp_channels) if ref_warp_channels else None
 
     # --- checks -------------------------------------------------------------------------------------------------
 
@@ -256,8 +237,10 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
 
     @property
     def reference_channels(self) -> int:
-        """Channels of `f_c`: C_f for Dref, then each detail level's tokens folded space-to-channel to H/16."""
-        return self.config.feature_channels + sum(c * (16 // d) ** 2 for d, c in self._detail_channels.items())
+        """Channels of `f_c`: C_f for Dref, then (with the reference warp) its H/4 inputs folded to H/16."""
+        if self.reference_warp is None:
+            return self.config.feature_channels
+        return self.config.feature_channels + self.reference_warp.input_channels * (16 // ReferenceWarp.downscale) ** 2
 
     def _check_references(self, f_c: torch.Tensor | None, z: torch.Tensor) -> None:
         if f_c is None:
@@ -286,33 +269,32 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
 
     def _reference_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """E1 features of each image alone: (B, M, 3, H, W) -> `f` (B*M, C_f, 1, H/16, W/16), E2's input, and
-        `f_c` (B, M, reference_channels, H/16, W/16): `f` then each detail level's tokens (E1 features at H/d and
-        the pixels' d x d patches), folded space-to-channel to H/16."""
+        `f_c` (B, M, reference_channels, H/16, W/16): `f`, then (with the reference warp) E1's features at H/4 and
+        the image's 4 x 4 pixel patches, folded space-to-channel to H/16."""
         if images.ndim != 5 or images.shape[2] != self.config.in_channels:
             raise ValueError(f"reference images must be (B, M, 3, H, W) in [-1, 1], got {tuple(images.shape)}.")
         frames = images.flatten(0, 1).unsqueeze(2)  # (B*M, 3, 1, H, W): each image is a 1-frame video
         self._check_frames(frames, True, "reference images")
-        taken: dict[int, torch.Tensor] = {}
-        after = {i: (lambda x, d=d: taken.setdefault(d, x)) for d, i in self._e1_detail.items()}
-        f = self.encoder_1(frames, None, after)[0]  # (B*M, C_f, 1, H/16, W/16)
-        folded = [f]
-        for d in sorted(taken, reverse=True):
-            tokens = torch.cat([taken[d], pixel_unshuffle_3d(frames, 1, d)], dim=1)  # (B*M, C_d, 1, H/d, W/d)
-            folded.append(pixel_unshuffle_3d(tokens, 1, 16 // d))  # (B*M, C_d * (16/d)^2, 1, H/16, W/16)
-        return f, torch.cat(folded, dim=1).squeeze(2).unflatten(0, images.shape[:2])
+        if self.reference_warp is None:
+            f = self.encoder_1(frames)[0]
+            return f, f.squeeze(2).unflatten(0, images.shape[:2])
+        taken = []
+        f = self.encoder_1(frames, None, {self._e1_at_warp: lambda x: taken.append(x) or x})[0]
+        d = ReferenceWarp.downscale
+        warp_inputs = torch.cat([taken[0], pixel_unshuffle_3d(frames, 1, d)], dim=1)  # (B*M, C_w, 1, H/4, W/4)
+        f_c = torch.cat([f, pixel_unshuffle_3d(warp_inputs, 1, 16 // d)], dim=1)  # (B*M, C, 1, H/16, W/16)
+        return f, f_c.squeeze(2).unflatten(0, images.shape[:2])
 
-    def _split_references(self, f_c: torch.Tensor | None) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
-        """`f_c` -> Dref's features (B, M, C_f, H/16, W/16) and each detail level's tokens (B, M, C_d, H/d, W/d)."""
+    def _split_references(self, f_c: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`f_c` -> Dref's features (B, M, C_f, H/16, W/16) and the warp's inputs (B, M, C_w, H/4, W/4) or None."""
         if f_c is None or f_c.shape[1] == 0:
-            return None, {}
+            return None, None
         c_f = self.config.feature_channels
-        levels, start = {}, c_f
-        for d, c in sorted(self._detail_channels.items(), reverse=True):
-            width = c * (16 // d) ** 2
-            part = f_c[:, :, start : start + width].flatten(0, 1).unsqueeze(2)  # (B*M, C_d * (16/d)^2, 1, h, w)
-            levels[d] = pixel_shuffle_3d(part, 1, 16 // d).squeeze(2).unflatten(0, f_c.shape[:2])
-            start += width
-        return f_c[:, :, :c_f], levels
+        if self.reference_warp is None:
+            return f_c, None
+        folded = f_c[:, :, c_f:].flatten(0, 1).unsqueeze(2)  # (B*M, C_w * 16, 1, H/16, W/16)
+        warp_inputs = pixel_shuffle_3d(folded, 1, 16 // ReferenceWarp.downscale).squeeze(2).unflatten(0, f_c.shape[:2])
+        return f_c[:, :, :c_f], warp_inputs
 
     def encode_reference(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference features, computed once per stream: `images` (B, M, 3, H, W) in [-1, 1], M = 0..3 ->
@@ -336,14 +318,12 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
             raise ValueError(f"z must be (B, {self.config.latent_channels}, t>=1, h, w), got {tuple(z.shape)}.")
         self._check_references(f_c, z)
         c1, c2 = cache if cache is not None else (None, None)
-        f_dref, detail = self._split_references(f_c)
+        f_dref, warp_inputs = self._split_references(f_c)
         f_z, c1 = self.decoder_1(z, c1)  # (B, C_f, t, H/16, W/16)
         f_z = self.reference_decoder(f_z, f_dref)
-        after = {
-            self._d2_detail[d]: (lambda x, block=block, d=d: block(x, detail.get(d)))
-            for d, block in zip(sorted(self._detail_channels, reverse=True), self.reference_detail)
-        }
-        frames, c2 = self.decoder_2(f_z, c2, after)  # (B, 3, 1+4(t-1) or 4t, H, W)
+        frames, c2 = self.decoder_2(f_z, c2)  # (B, 3, 1+4(t-1) or 4t, H, W)
+        if self.reference_warp is not None and warp_inputs is not None:
+            frames = self.reference_warp(frames, warp_inputs)
         return frames, [c1, c2]
 
     def decode_chunk(

@@ -350,32 +350,55 @@ class ReferenceTransformerBlock(nn.Module):
         return x + self.mlp(self.norm3(x))
 
 
-class ReferenceDetailAttention(nn.Module):
-    """Reference guidance at a finer decoder level (not in the paper, which guides at H/16 only; see `CausalVideoVAE`).
+class ReferenceWarp(nn.Module):
+    """Reference detail by warping (not in the paper; `CausalVideoVAE(ref_warp_channels=...)`).
 
-    Frame-wise cross-attention from the decoder's features at H/d to the references' tokens at H/d: their E1
-    features there and their pixels (each d x d patch, space-to-channel). Keys carry 2D RoPE over the same grid, so
-    a static background attends to where it was. The output projection starts at zero: added to a trained decoder,
-    the block is the identity until it learns to copy detail.
+    Per decoded frame and reference image, a small conv head at H/4 looks at the frame's and the reference's 4 x 4
+    pixel patches and the reference's E1 features there, and predicts a flow (in pixels, bilinearly upsampled to
+    H) and a blend logit. The output is the softmax-weighted mix, per pixel, of the decoded frame (logit 0) and each
+    reference warped by its flow: sharp wherever a reference shows the same thing, the decoder's own pixels where
+    none does (an open mouth, closed eyes). The head's last conv starts at zero: identity flow, equal weights.
+    Frame-wise, so causal and cache-free.
     """
 
-    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.head_dim = head_dim
-        self.norm = RMSNorm(dim, channel_dim=-1, eps=eps)
-        self.norm_context = RMSNorm(context_dim, channel_dim=-1, eps=eps)
-        self.attn = Attention(dim, heads, head_dim, context_dim=context_dim, eps=eps)
-        nn.init.zeros_(self.attn.to_out.weight)
-        nn.init.zeros_(self.attn.to_out.bias)
+    downscale = 4
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        # x: (B, C, T, h, w) decoder features; context: (B, M, C_ctx, h, w) reference tokens, or None when M = 0.
-        if context is None or context.shape[1] == 0:
-            return x
-        b, c, t, h, w = x.shape
-        m = context.shape[1]
-        rope = rope_2d(h, w, self.head_dim, x.device)  # (S, head_dim/2)
-        q = self.norm(x.permute(0, 2, 3, 4, 1).reshape(b, t * h * w, c))  # (B, T*S, C)
-        kv = self.norm_context(context.permute(0, 1, 3, 4, 2).reshape(b, m * h * w, -1))  # (B, M*S, C_ctx)
-        out = self.attn(q, kv, rope.repeat(t, 1), rope.repeat(m, 1))
-        return x + out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+    def __init__(self, feature_channels: int, hidden: int):
+        super().__init__()
+        patch = 3 * self.downscale**2
+        self.input_channels = feature_channels + patch  # per reference token: E1 features + its pixel patch
+        self.head = nn.Sequential(
+            nn.Conv2d(self.input_channels + patch, hidden, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(hidden, 3, 3, padding=1),  # flow x, flow y (pixels), blend logit
+        )
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, frames: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+        # frames: (B, 3, T, H, W) decoded; references: (B, M, input_channels, H/4, W/4) E1 features + pixel patches.
+        b, _, t, height, width = frames.shape
+        m, d = references.shape[1], self.downscale
+        frames_2d = frames.transpose(1, 2).reshape(b * t, 3, height, width)  # (B*T, 3, H, W)
+        current = F.pixel_unshuffle(frames_2d.detach().clamp(-1, 1), d).view(b, t, 1, -1, height // d, width // d)
+        refs = references[:, None].expand(b, t, m, *references.shape[2:])
+        inputs = torch.cat([current.expand(b, t, m, *current.shape[3:]), refs], dim=3).flatten(0, 2)  # (BTM, C, h, w)
+        out = F.interpolate(self.head(inputs), size=(height, width), mode="bilinear", align_corners=False)
+        flow, logit = out[:, :2] * d, out[:, 2:]  # (B*T*M, 2, H, W) pixels, (B*T*M, 1, H, W)
+        # Sample each reference image at (pixel + flow), in grid_sample's [-1, 1] coordinates.
+        ys, xs = torch.meshgrid(torch.arange(height, device=frames.device), torch.arange(width, device=frames.device),
+                                indexing="ij")  # fmt: skip
+        base = torch.stack([xs, ys], dim=-1).to(frames.dtype)  # (H, W, 2) pixel centres
+        scale = torch.tensor([2.0 / width, 2.0 / height], dtype=frames.dtype, device=frames.device)
+        grid = (base + 0.5 + flow.permute(0, 2, 3, 1)) * scale - 1
+        images = F.pixel_shuffle(refs.flatten(0, 2)[:, -3 * d * d :], d)  # (B*T*M, 3, H, W)
+        warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        # Blend: softmax over [decoded frame (logit 0), reference 1..M].
+        logits = torch.cat([logit.new_zeros(b * t, 1, height, width), logit.view(b * t, m, height, width)], dim=1)
+        weights = logits.softmax(dim=1).unsqueeze(2)  # (B*T, 1+M, 1, H, W)
+        warped = warped.view(b * t, m, 3, height, width)
+        sources = torch.cat([frames_2d[:, None], warped], dim=1)  # (B*T, 1+M, 3, H, W)
+        out = (weights * sources).sum(dim=1)  # (B*T, 3, H, W)
+        return out.view(b, t, 3, height, width).transpose(1, 2)

@@ -7,6 +7,9 @@ What it gives a trainer (a `Trainer` subclass that builds a module and says how 
   a resumed run sees the same batches and noise as an uninterrupted one;
 - mixed precision, gradient checkpointing, gradient accumulation (`no_sync` on all but the last micro-batch);
 - EMA weights (`diffusers.training_utils.EMAModel`), saved with every checkpoint and used for export;
+- FSDP (`accelerate launch` with an FSDP2 config, e.g. `benchmarks/accelerate_fsdp.yaml`): the parameters are sharded
+  over the processes, each process keeps the EMA of its own shards (saved beside the checkpoint as
+  `ema_shard_<rank>.pt`), and the final components are gathered into one unsharded module for `save_final`;
 - a tqdm progress bar, `metrics.jsonl` (and TensorBoard when it is installed), checkpoints every N steps (the
   newest `checkpoints_total_limit` kept), a wall-clock budget (`max_minutes`) that checkpoints and stops.
 """
@@ -25,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration, set_seed
 from diffusers.training_utils import EMAModel
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
@@ -129,13 +133,22 @@ class Trainer:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_with_warmup(config.lr_warmup_steps, config.max_steps, config.min_lr_ratio)
         )
-        self.ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=True, power=3 / 4)
         self.progress = TrainingProgress()
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
             self.module, self.optimizer, self.lr_scheduler
         )
-        self.accelerator.register_for_checkpointing(self.ema, self.progress)
+        # The EMA is made after `prepare`, on the device the weights now live on. Under FSDP each process averages
+        # its own shards and saves them itself (accelerate saves registered objects from the main process only).
+        self.sharded = self.accelerator.distributed_type == DistributedType.FSDP
+        self.ema = EMAModel(self.trained_params(), decay=config.ema_decay, use_ema_warmup=True, power=3 / 4)
+        self.accelerator.register_for_checkpointing(*([self.progress] if self.sharded else [self.ema, self.progress]))
         self.history: list[dict] = []  # one entry per optimizer step run by this invocation (for tests and logs)
+
+    def trained_params(self) -> list[torch.Tensor]:
+        """The trained parameters as this process holds them: whole, or under FSDP its shards (local views of the
+        DTensor parameters that write through to them)."""
+        params = [p for p in self.accelerator.unwrap_model(self.model).parameters() if p.requires_grad]
+        return [p.to_local() if isinstance(p, DTensor) else p for p in params]
 
     # --- to implement ------------------------------------------------------------------------------------------
     def build_module(self) -> torch.nn.Module:
@@ -152,6 +165,9 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         path = self.output_dir / "checkpoints" / f"checkpoint-{self.progress.step}"
         self.accelerator.save_state(str(path))
+        if self.sharded:
+            path.mkdir(parents=True, exist_ok=True)
+            torch.save(self.ema.state_dict(), path / f"ema_shard_{self.accelerator.process_index}.pt")
         if self.accelerator.is_main_process:
             folders = sorted(path.parent.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
             for old in folders[: -self.config.checkpoints_total_limit]:
@@ -169,6 +185,10 @@ class Trainer:
         if not path.is_dir():
             raise ValueError(f"--resume {resume!r}: no checkpoint folder there; use 'latest' or a checkpoint path.")
         self.accelerator.load_state(str(path))
+        if self.sharded:
+            shard = path / f"ema_shard_{self.accelerator.process_index}.pt"
+            self.ema.load_state_dict(torch.load(shard, map_location=self.accelerator.device, weights_only=True))
+        self.ema.to(self.accelerator.device)  # accelerate loads registered objects onto the CPU
         logger.info("resumed from %s at step %d", path, self.progress.step)
 
     # --- the loop ----------------------------------------------------------------------------------------------
@@ -211,16 +231,18 @@ class Trainer:
             self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-            self.ema.step([p for p in acc.unwrap_model(self.model).parameters() if p.requires_grad])
+            self.ema.step(self.trained_params())
             self.progress.step = step + 1
 
             # Average the logged numbers over processes.
             keys = sorted(logs_sum)
-            means = acc.reduce(torch.tensor([logs_sum[k] for k in keys], dtype=torch.float64), "mean")
+            means = acc.reduce(
+                torch.tensor([logs_sum[k] for k in keys], dtype=torch.float64, device=acc.device), "mean"
+            )
             record = {"step": step + 1, **{k: float(v) for k, v in zip(keys, means)}}
             record["lr"] = float(self.lr_scheduler.get_last_lr()[0])
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
+            if grad_norm is not None:  # a replicated DTensor under FSDP
+                record["grad_norm"] = float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)
             self.history.append(record)
             pending.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
@@ -229,7 +251,8 @@ class Trainer:
                 self._log({"step": step + 1, **summary, "elapsed_s": round(time.time() - t0, 1)})
                 pending = []
             out_of_time = cfg.max_minutes is not None and (time.time() - t0) / 60 >= cfg.max_minutes
-            out_of_time = bool(acc.gather(torch.tensor([float(out_of_time)])).max())  # all processes stop together
+            out_of_time = torch.tensor([float(out_of_time)], device=acc.device)  # on the device: NCCL has no CPU
+            out_of_time = bool(acc.gather(out_of_time).max())  # all processes stop together
             out_of_time |= cfg.stop_at_step is not None and step + 1 >= cfg.stop_at_step
             if (step + 1) % cfg.checkpointing_steps == 0 or step + 1 == cfg.max_steps or out_of_time:
                 self.save_checkpoint()
@@ -245,7 +268,17 @@ class Trainer:
     def finish(self) -> None:
         """Copy the EMA weights into the model and save the final components (main process)."""
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
+        if self.sharded:  # gather the EMA weights (every process takes part), save them from one unsharded module
+            params = self.trained_params()
+            self.ema.store(params)
+            self.ema.copy_to(params)
+            state = self.accelerator.get_state_dict(self.model)
+            self.ema.restore(params)
+            if self.accelerator.is_main_process:
+                module = self.build_module()
+                module.load_state_dict(state)
+                self.save_final(module.to(self.accelerator.device).eval())
+        elif self.accelerator.is_main_process:
             module = self.accelerator.unwrap_model(self.model)
             params = [p for p in module.parameters() if p.requires_grad]
             self.ema.store(params)

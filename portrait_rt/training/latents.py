@@ -1,6 +1,7 @@
 """Latents precomputed once with the trained VAE (cached to disk), the DiT's training data.
 
     python -m portrait_rt train latents --vae runs/vae/vae --data data/corpus128 --output runs/latents.pt
+    python -m portrait_rt train latents ... --device cuda:1 --dtype bfloat16 --clips 0:5000 --output runs/lat1.pt
 
 For each clip of a shard store: the posterior mode of the whole clip (encoded as one stream, chunk by chunk, so
 memory stays bounded), and the reference latents `z_r` of a few of its frames (each encoded alone, as at
@@ -87,12 +88,15 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--references-per-clip", type=int, default=4)
     parser.add_argument("--clips", default=None, help="START:END clip indices to encode (default: all)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the VAE's weights")
 
 
 def cli_main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    vae = CausalVideoVAE.from_pretrained(args.vae)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    vae = CausalVideoVAE.from_pretrained(args.vae, torch_dtype=getattr(torch, args.dtype)).to(device)
     store = ClipStore(args.data)
     clips = None
     if args.clips:
