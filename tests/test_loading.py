@@ -54,3 +54,20 @@ def test_command_line_options_load_the_pipeline(monkeypatch):
         assert pipe.transformer.proj_out.weight.dtype == torch.bfloat16
     finally:
         torch.set_num_threads(threads)
+
+
+def test_cpu_threads_default_to_half_the_cores(monkeypatch):
+    """Without --threads a CPU pipeline takes half the usable cores (at least 1), not torch's all-cores default that
+    collapses on a shared machine (1.8 FPS against 25 measured with a busy neighbour, see `default_threads`)."""
+    from portrait_rt.loading import default_threads, load_pipeline
+
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+        assert default_threads() == 4
+        load_pipeline("preset:tiny", "cpu")
+        assert torch.get_num_threads() == 4
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+        assert default_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
