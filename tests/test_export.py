@@ -123,11 +123,6 @@ def test_export_writes_a_hub_model_card_and_the_code(tmp_path):
     assert (tmp_path / "out" / f"{PIPELINE_ENTRY}.py").is_file()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the bundled folder predates remote-code export; after the demo model's re-export run "
-    "`python -m portrait_rt export --code-only --output assets/portrait-rt-demo` and remove this mark",
-)
 def test_bundled_folder_carries_this_librarys_code(tmp_path):
     """The bundled folder loads without portrait_rt only if its code is the library's current code: a change to
     the pipeline or the models needs `export --code-only` (this test says so)."""

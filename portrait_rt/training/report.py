@@ -125,11 +125,15 @@ def evaluate_model(
         frames, dt = _generate(pipe, c.frames[0], c.audio)
         recon = vae_reconstruct(pipe.vae, c.frames)
         gt, gt_recon = c.frames[: len(frames)], c.frames[: len(recon)]
-        background = background_mask(res, res, _boxes(c))
+        try:
+            background = background_mask(res, res, _boxes(c))
+        except ValueError:  # the person fills the frame: no background to score on this clip
+            background = None
         sync, vae_sync = lipsync_score(frames, c.audio), lipsync_score(recon, c.audio)
         per_clip.append({
             "lipsync_r": sync["r"], "lipsync_offset": sync["offset"], "lipsync_r_at_zero": sync["r_at_zero"],
-            "psnr": masked_psnr(frames, gt), "background_psnr": masked_psnr(frames, gt, background),
+            "psnr": masked_psnr(frames, gt),
+            "background_psnr": None if background is None else masked_psnr(frames, gt, background),
             "detail_ratio": detail_ratio(frames, gt),
             "vae_psnr": masked_psnr(recon, gt_recon), "vae_detail_ratio": detail_ratio(recon, gt_recon),
             "vae_lipsync_r": vae_sync["r"], "vae_lipsync_r_at_zero": vae_sync["r_at_zero"],
@@ -139,7 +143,7 @@ def evaluate_model(
         generated.append(frames), reconstructed.append(recon)
     report["per_clip"] = per_clip
     for key in per_clip[0]:
-        report[key] = float(np.mean([p[key] for p in per_clip]))
+        report[key] = float(np.mean([p[key] for p in per_clip if p[key] is not None]))
     report["lipsync_offset"] = float(np.median([p["lipsync_offset"] for p in per_clip]))
     report["lipsync_r_worst"] = float(min(p["lipsync_r"] for p in per_clip))
     report["realtime_fps"] = report.pop("fps")

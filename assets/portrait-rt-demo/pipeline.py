@@ -1,0 +1,433 @@
+# portrait-rt 0.1.0: portrait_rt/pipeline.py, imports flattened by `python -m portrait_rt export`
+"""PortraitRTPipeline: reference images + speech -> talking-portrait video, offline or streamed (Algorithm 2).
+
+    pipe = PortraitRTPipeline.from_pretrained("assets/portrait-rt-demo")
+    out = pipe(reference_images=["me.png"], audio="speech.wav")              # out.frames: uint8 (T, H, W, 3)
+    for frames in pipe.stream(["me.png"], microphone_chunks):                # uint8 (t, H, W, 3) per block
+        ...
+    stream = pipe.start_stream(["me.png"])                                   # or block by block, with the audio:
+    for block in pipe.feed(stream, samples, sample_rate): ...                # BlockRecord: frames, audio, timing
+    for block in pipe.flush(stream): ...                                     # the end: the last partial block
+
+One block loop (`_run_blocks`) serves every entry point: `__call__` feeds one stream the whole clip, `stream()` feeds
+it chunk by chunk, `feed_group` steps a group of streams batched; a single stream is a group of one
+(`portrait_rt.streaming` holds the state). Per block of k latent frames (16 video frames for k = 4; 13 for a
+stream's first block):
+1. the block's audio: model-rate samples and audio-encoder features, per 25 fps frame (`StreamAudio.take_block`);
+2. `num_inference_steps` Euler steps of rectified flow with G reading the KV cache (all CFG rows of all streams
+   batched), combined by equation (I) (`cfg_combine`);
+3. one pass of G at t = 0 on the clean block, the only pass that writes the KV cache (window reset inside G);
+4. the causal VAE decoder turns every stream's block into frames in one call, carrying their convolution caches;
+5. a `BlockRecord` per stream: the frames, the audio that drove them, the timing.
+
+So `__call__`, `stream()` and any chunking of the audio agree frame for frame given the same seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .audio import is_silent, read_mono
+from .constants import SAMPLE_RATE, SAMPLES_PER_FRAME, SPATIAL_COMPRESSION
+from .hub import load_components
+from .images import frames_to_tensor, load_reference_images, tensor_to_frames
+from .audio_encoder import AudioEncoder
+from .pretrained_audio_encoder import PretrainedAudioEncoder
+from .transformer import FlowDiT, check_block_size
+from .vae import CausalVideoVAE
+from .presets import get_preset
+from .streaming import (
+    BlockAudio,
+    BlockRecord,
+    BlockTiming,
+    Stream,
+    StreamAudio,
+    StreamGroup,
+    StreamPosition,
+    StreamSettings,
+)
+
+MAX_GUIDANCE = 20.0
+MAX_STEPS = 1000
+
+
+@dataclass
+class PortraitRTPipelineOutput(BaseOutput):
+    """frames: uint8 (T, H, W, 3) at 25 fps; audio: the mono float32 audio (at `sample_rate`) that drove them;
+    timings: one `BlockTiming` per block."""
+
+    frames: np.ndarray
+    audio: np.ndarray
+    sample_rate: int
+    timings: list[BlockTiming]
+
+
+def cfg_rows(guidance_audio: float, guidance_reference: float) -> tuple[tuple[bool, bool], ...]:
+    """The CFG rows a stream computes, as (drop audio, drop references): [full] + [no audio] + [no references].
+
+    A row whose guidance scale is 1 drops out of equation (I) exactly, so it is left out (never computed).
+    """
+    rows = [(False, False)]
+    if guidance_audio != 1.0:
+        rows.append((True, False))
+    if guidance_reference != 1.0:
+        rows.append((False, True))
+    return tuple(rows)
+
+
+def cfg_combine(v: torch.Tensor, guidance_audio: float, guidance_reference: float) -> torch.Tensor:
+    """Equation (I) over the rows of `cfg_rows` (in that order), with G_f, G_na, G_nr the full, no-audio and
+    no-reference rows: G = guidance_audio (G_f - G_na) + guidance_reference (G_f - G_nr) - G_f + G_na + G_nr.
+    """
+    full, rest = v[:1], list(v[1:])
+    out = full
+    if guidance_audio != 1.0:
+        out = out + (guidance_audio - 1.0) * (full - rest.pop(0))
+    if guidance_reference != 1.0:
+        out = out + (guidance_reference - 1.0) * (full - rest.pop(0))
+    return out
+
+
+class PortraitRTPipeline(DiffusionPipeline):
+    """Audio-driven talking portraits from 1-3 reference images (the paper's VAE + blockwise autoregressive DiT).
+
+    Components: `vae` (`CausalVideoVAE`), `transformer` (`FlowDiT`), `audio_encoder` (the built-in `AudioEncoder`
+    or `PretrainedAudioEncoder`, a frozen Whisper / wav2vec2), `scheduler` (`FlowMatchEulerDiscreteScheduler`,
+    shift 5).
+    """
+
+    model_cpu_offload_seq = "audio_encoder->transformer->vae"
+
+    def __init__(
+        self,
+        vae: CausalVideoVAE,
+        transformer: FlowDiT,
+        audio_encoder: AudioEncoder | PretrainedAudioEncoder,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+    ):
+        super().__init__()
+        self.register_modules(vae=vae, transformer=transformer, audio_encoder=audio_encoder, scheduler=scheduler)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> PortraitRTPipeline:
+        """A pipeline folder or Hub id, loaded with this library's classes (`dtype`, `variant`, ... go to each model).
+
+        An exported folder also carries its own copy of this code for `DiffusionPipeline.from_pretrained(folder,
+        trust_remote_code=True)` without portrait_rt; that copy is not run here (`portrait_rt.hub`).
+        """
+        return cls(**load_components(pretrained_model_name_or_path, **kwargs))
+
+    @classmethod
+    def from_preset(cls, name: str, **scheduler_kwargs) -> PortraitRTPipeline:
+        """A randomly initialised pipeline of preset `name` ("tiny" | "demo" | "paper"), built offline.
+
+        Under `with torch.device("meta"):` nothing is allocated (for parameter counts of the paper preset).
+        """
+        cfg = get_preset(name)
+        scheduler = FlowMatchEulerDiscreteScheduler(**{**cfg["scheduler"], **scheduler_kwargs})
+        components = {
+            "vae": CausalVideoVAE(**cfg["vae"]),
+            "transformer": FlowDiT(**cfg["transformer"]),
+            "audio_encoder": AudioEncoder(**cfg["audio_encoder"]),
+        }
+        for module in components.values():
+            module.eval()  # as from_pretrained leaves them
+        return cls(scheduler=scheduler, **components)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.vae.config.resolution)
+
+    def compile_streaming(self, backend: str = "inductor", mode: str | None = None, dynamic: bool = False) -> None:
+        """`torch.compile` the per-block hot paths: G's cached pass and KV write, and the VAE's chunk decode.
+
+        Shapes are static per block position (the KV cache is preallocated; attention reads the valid prefix, so a
+        window has `kv_window / block_size` shapes, each compiled once), so `mode="reduce-overhead"` (CUDA graphs)
+        applies on GPU. Outputs equal the eager path up to float tolerance (a test checks it with `aot_eager`).
+        """
+        options = {"backend": backend, "mode": mode, "dynamic": dynamic}
+        self.transformer.forward_cached = torch.compile(self.transformer.forward_cached, **options)
+        self.transformer.update_cache = torch.compile(self.transformer.update_cache, **options)
+        self.vae.decode_chunk = torch.compile(self.vae.decode_chunk, **options)
+
+    # ------------------------------------------------------------------ validation
+    def check_inputs(
+        self,
+        guidance_audio: float,
+        guidance_reference: float,
+        num_inference_steps: int,
+        block_size: int,
+        kv_window: int,
+    ) -> None:
+        """Raise `ValueError` with what to change for out-of-range settings (images and audio are checked on load)."""
+        for name, value in (("guidance_audio", guidance_audio), ("guidance_reference", guidance_reference)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
+                raise ValueError(f"{name} must be a number, got {value!r}.")
+            if not 0.0 <= value <= MAX_GUIDANCE:
+                raise ValueError(
+                    f"{name}={value} is out of range; use 0 to {MAX_GUIDANCE:g} (1 = no guidance, 2 = default)."
+                )
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+            raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}.")
+        if not 1 <= num_inference_steps <= MAX_STEPS:
+            raise ValueError(f"num_inference_steps={num_inference_steps}; use 1 to {MAX_STEPS} (12 is the paper's).")
+        check_block_size(block_size, kv_window)
+
+    # ------------------------------------------------------------------ streaming API
+    @torch.no_grad()
+    def start_streams(
+        self,
+        reference_images: list,
+        generators: list[torch.Generator | None] | None = None,
+        guidance_audio: float = 2.0,
+        guidance_reference: float = 2.0,
+        num_inference_steps: int = 12,
+        block_size: int | None = None,
+        kv_window: int | None = None,
+    ) -> StreamGroup:
+        """Algorithm 2, step 1, for a group of streams that run batched: every block of `feed_group` is one forward
+        of G per Euler step over all their CFG rows, and one VAE decode.
+
+        `reference_images`: per stream, 1-3 paths / PIL images / arrays (the same number for every stream).
+        Precomputes f_c = E1(I_r), z_r = E(I_r) and KV_r for all streams at once. The settings hold for the group's
+        life; `block_size` / `kv_window` default to the transformer's config.
+        """
+        block_size = int(block_size or self.transformer.config.block_size)
+        kv_window = int(kv_window or self.transformer.config.kv_window)
+        self.check_inputs(guidance_audio, guidance_reference, num_inference_steps, block_size, kv_window)
+        generators = generators or [None] * len(reference_images)
+        if not reference_images or len(generators) != len(reference_images):
+            raise ValueError("Give one list of reference images per stream (at least one), and one generator each.")
+        refs = [load_reference_images(images, self.resolution) for images in reference_images]  # (M, H, W, 3) each
+        if len({r.shape[0] for r in refs}) > 1:
+            raise ValueError("Streams batched in one group need the same number of reference images.")
+        settings = StreamSettings(
+            float(guidance_audio),
+            float(guidance_reference),
+            int(num_inference_steps),
+            block_size,
+            kv_window,
+            cfg_rows(guidance_audio, guidance_reference),
+        )
+        device, dtype = self._execution_device, self.transformer.dtype
+
+        # f_c for the decoder's Dref, z_r (normalised like every latent G sees) for KV_r.
+        images = frames_to_tensor(np.stack(refs)).to(device, self.vae.dtype)  # (streams, M, 3, H, W) in [-1, 1]
+        f_c, z_r = self.vae.encode_reference(images)
+        z_r = (z_r - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+        rows, h = settings.num_cfg_rows, self.resolution // SPATIAL_COMPRESSION
+        cache = self.transformer.init_kv_cache(
+            len(refs) * rows, refs[0].shape[0], (h, h), kv_window, block_size, device=device, dtype=dtype
+        )
+        drop_reference = torch.tensor([drop for _, drop in settings.cfg_rows] * len(refs), device=device)
+        self.transformer.prefill_references(
+            cache, z_r.to(dtype).repeat_interleave(rows, dim=0), drop_reference=drop_reference
+        )
+        streams = tuple(
+            Stream(r, StreamAudio(self.audio_encoder.init_stream_state(1)), g) for r, g in zip(refs, generators)
+        )
+        return StreamGroup(settings, streams, cache, f_c, StreamPosition(block_size), copy.deepcopy(self.scheduler))
+
+    def start_stream(
+        self,
+        reference_images,
+        guidance_audio: float = 2.0,
+        guidance_reference: float = 2.0,
+        num_inference_steps: int = 12,
+        generator: torch.Generator | None = None,
+        block_size: int | None = None,
+        kv_window: int | None = None,
+    ) -> Stream:
+        """One stream (a group of one): `reference_images` are 1-3 paths / PIL images / arrays."""
+        group = self.start_streams(
+            [reference_images],
+            [generator],
+            guidance_audio,
+            guidance_reference,
+            num_inference_steps,
+            block_size,
+            kv_window,
+        )
+        return group.streams[0]
+
+    @torch.no_grad()
+    def feed(self, stream: Stream, samples: np.ndarray, sample_rate: int) -> Iterator[BlockRecord]:
+        """Add an audio chunk (any size, dtype and rate) and yield a `BlockRecord` for every block it completes."""
+        if stream.finished:
+            raise ValueError("This stream has been flushed; start a new one with start_stream().")
+        if len(stream.group.streams) > 1:
+            raise ValueError("This stream runs in a group; feed it with feed_group(group, chunks).")
+        for (record,) in self._run_blocks(stream.group, [(samples, sample_rate)]):
+            yield record
+
+    @torch.no_grad()
+    def feed_group(self, group: StreamGroup, chunks: list[tuple[np.ndarray, int] | None]) -> list[list[BlockRecord]]:
+        """Add one audio chunk `(samples, sample_rate)` per stream (None: nothing new) and run every block all the
+        streams can run, batched. Returns the new `BlockRecord`s per stream. End a stream with `flush(stream)`."""
+        if len(chunks) != len(group.streams):
+            raise ValueError(
+                f"Give one chunk (or None) per stream: the group has {len(group.streams)}, got {len(chunks)}."
+            )
+        out: list[list[BlockRecord]] = [[] for _ in group.streams]
+        for records in self._run_blocks(group, chunks):
+            for stream_out, record in zip(out, records):
+                stream_out.append(record)
+        return out
+
+    @torch.no_grad()
+    def flush(self, stream: Stream) -> Iterator[BlockRecord]:
+        """End of the stream's audio: pad its last partial block with silence, generate it, trim it to the audio.
+
+        A stream of a group leaves the group first (the others go on); then it runs as a group of one.
+        """
+        if stream.finished:
+            return
+        group = stream.group if len(stream.group.streams) == 1 else stream.group.split_off(stream)
+        audio_frames = stream.audio.close()  # video frames the audio covers
+        # Silence up to the end of the block holding the last frame: the model sees a speaker falling quiet.
+        stream.audio.pad_to(group.position.block_end(audio_frames))
+        for (record,) in self._run_blocks(group, final=True):
+            keep = audio_frames - record.first_frame
+            if keep > 0:
+                record.frames, record.audio = record.frames[:keep], record.audio[: keep * SAMPLES_PER_FRAME]
+                yield record
+        stream.finished = True
+
+    def stream(
+        self,
+        reference_images,
+        audio_chunks: Iterable[tuple[np.ndarray, int]],
+        guidance_audio: float = 2.0,
+        guidance_reference: float = 2.0,
+        num_inference_steps: int = 12,
+        generator: torch.Generator | None = None,
+        block_size: int | None = None,
+        kv_window: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Generator of uint8 frames (t, H, W, 3), one array per block, as audio chunks `(samples, rate)` arrive.
+
+        The frames of each block's `BlockRecord`; for the records themselves (the audio that drove the frames and
+        the timing too), use `start_stream` / `feed` / `flush`, which this is built on.
+        """
+        stream = self.start_stream(
+            reference_images, guidance_audio, guidance_reference, num_inference_steps, generator, block_size, kv_window
+        )
+        for samples, rate in audio_chunks:
+            for record in self.feed(stream, samples, rate):
+                yield record.frames
+        for record in self.flush(stream):
+            yield record.frames
+
+    # ------------------------------------------------------------------ the block loop (Algorithm 2, steps 2-4)
+    def _run_blocks(
+        self, group: StreamGroup, chunks: list[tuple[np.ndarray, int] | None] | None = None, final: bool = False
+    ) -> Iterator[list[BlockRecord]]:
+        """The one block loop: add `chunks` (one per stream, or None), then, while every stream of `group` has its
+        next block's audio, generate that block for all of them at once. With `final` (flush) the audio has ended."""
+        for stream, chunk in zip(group.streams, chunks or []):
+            if chunk is not None:
+                stream.audio.push(*chunk)
+        while True:
+            first, n = group.position.video_frames, group.position.block_video_frames()
+            audio = [stream.audio.take_block(first, n, self.audio_encoder, final) for stream in group.streams]
+            if any(a is None for a in audio):
+                return
+            yield self._generate_block(group, audio)
+
+    def _generate_block(self, group: StreamGroup, audio: list[BlockAudio]) -> list[BlockRecord]:
+        """Algorithm 2 steps 2-4 for the next block of every stream of `group`: one forward of G over all their CFG
+        rows per Euler step, the t = 0 KV pass, one decode with every stream's decoder caches stacked."""
+        start = time.perf_counter()
+        dit, vae, settings = self.transformer, self.vae, group.settings
+        rows, device, dtype = settings.num_cfg_rows, self._execution_device, dit.dtype
+        h = w = self.resolution // SPATIAL_COMPRESSION
+        features = torch.cat([a.features for a in audio]).to(device, dtype)  # (streams, n, D)
+        features = features.repeat_interleave(rows, dim=0)  # (streams * rows, n, D)
+        drop_audio = group.drop_audio
+        guidance = settings.guidance_audio, settings.guidance_reference
+
+        # 2. Denoising: Euler steps of the rectified-flow ODE from noise (t = 1) to data (t = 0); each stream's noise.
+        shape = (1, dit.config.in_channels, settings.block_size, h, w)
+        noise = [randn_tensor(shape, generator=s.generator, device=device, dtype=dtype) for s in group.streams]
+        latents = torch.cat(noise)  # (streams, C, k, h, w)
+        group.scheduler.set_timesteps(settings.num_inference_steps, device=device)
+        for t in group.scheduler.timesteps:
+            x = latents.repeat_interleave(rows, dim=0)  # (streams * rows, C, k, h, w)
+            v = dit.forward_cached(group.kv_cache, x, t.expand(x.shape[0]).to(dtype), features, drop_audio=drop_audio)
+            v = torch.cat([cfg_combine(vs, *guidance) for vs in v.split(rows)])  # (streams, C, k, h, w)
+            latents = group.scheduler.step(v, t, latents, return_dict=False)[0]
+        t1 = time.perf_counter()
+
+        # 3. The t = 0 pass on the clean block: the only pass that writes the KV cache.
+        dit.update_cache(group.kv_cache, latents.repeat_interleave(rows, dim=0), features, drop_audio=drop_audio)
+        t2 = time.perf_counter()
+
+        # 4. Causal decoding of all streams at once, with their reference features, carrying their decoder caches.
+        z = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        video, group.decoder_cache = vae.decode_chunk(z, group.reference_features, cache=group.decoder_cache)
+        frames = tensor_to_frames(video.transpose(1, 2))  # (streams, n, H, W, 3)
+        t3 = time.perf_counter()
+
+        block, first = group.position.block_index, group.position.video_frames
+        group.position.advance()
+        step = {"denoise_ms": (t1 - start) * 1e3, "kv_ms": (t2 - t1) * 1e3, "decode_ms": (t3 - t2) * 1e3}
+        return [
+            BlockRecord(
+                frames=frames[i],
+                audio=a.samples,
+                first_frame=first,
+                timing=BlockTiming(
+                    block, frames.shape[1], audio_ms=a.encode_ms, latency_ms=a.encode_ms + (t3 - start) * 1e3, **step
+                ),
+            )
+            for i, a in enumerate(audio)
+        ]
+
+    # ------------------------------------------------------------------ offline
+    @torch.no_grad()
+    def __call__(
+        self,
+        reference_images,
+        audio,
+        guidance_audio: float = 2.0,
+        guidance_reference: float = 2.0,
+        num_inference_steps: int = 12,
+        generator: torch.Generator | None = None,
+        block_size: int | None = None,
+        kv_window: int | None = None,
+        return_dict: bool = True,
+    ) -> PortraitRTPipelineOutput | tuple:
+        """Generate the whole video for `audio` (a path or `(samples, sample_rate)`): one stream fed the whole clip.
+
+        Returns `PortraitRTPipelineOutput(frames uint8 (T, H, W, 3) at 25 fps, audio, sample_rate, timings)` with
+        T = ceil(audio length / 40 ms); `audio` is the clip at the model rate, as the stream resampled it.
+        """
+        samples, rate = read_mono(audio)
+        if is_silent(samples):
+            raise ValueError("The audio is silent (below -60 dBFS); give speech for the portrait to say.")
+        stream = self.start_stream(
+            reference_images, guidance_audio, guidance_reference, num_inference_steps, generator, block_size, kv_window
+        )
+        records: list[BlockRecord] = []
+        with self.progress_bar(total=-(-round(samples.size * SAMPLE_RATE / rate) // SAMPLES_PER_FRAME)) as bar:
+            for record in itertools.chain(self.feed(stream, samples, rate), self.flush(stream)):
+                records.append(record)
+                bar.update(len(record.frames))
+        frames = np.concatenate([r.frames for r in records])
+        audio = np.concatenate([r.audio for r in records])[: stream.audio.num_samples]
+        if not return_dict:
+            return (frames, audio)
+        timings = [r.timing for r in records]
+        return PortraitRTPipelineOutput(frames=frames, audio=audio, sample_rate=SAMPLE_RATE, timings=timings)

@@ -1,0 +1,264 @@
+# portrait-rt 0.1.0: portrait_rt/streaming.py, imports flattened by `python -m portrait_rt export`
+"""Streaming state (Algorithm 2): what running streams own, kept apart from the pipeline's weights.
+
+One `PortraitRTPipeline` serves many streams, and one block loop serves every consumer: `feed` / `flush` / `stream`
+/ `__call__` run a group of one stream, `feed_group` a group of many. One audio chunk travels one way:
+
+    chunk (any size, rate) -> StreamAudio: resampled to 16 kHz, cut into block-aligned pieces, audio encoder
+    -> BlockAudio (the block's model-rate samples and per-frame features)
+    -> the group's block step: Euler steps and the t = 0 KV pass (all CFG rows of all streams batched), one decode
+    -> BlockRecord (frames, the audio that drove them, timing) -> the consumer (Space, mp4 writer, benchmark)
+
+- `StreamSettings`: what a group fixes at its start (guidance, steps, block size, KV window, CFG rows);
+- `StreamPosition`: where a group's streams are (blocks and video frames done), advanced once per block;
+- `StreamAudio`: one stream's audio, from chunks in to one block's audio out (`take_block`);
+- `Stream`: one stream's own things: references, audio, noise generator, and the group it runs in;
+- `StreamGroup`: streams stepped together in lockstep: their CFG rows share one KV cache, their reference features
+  and decoder caches are stacked along the batch; a stream leaves its group (`split_off`) to end on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .audio import AudioStreamBuffer
+from .constants import SAMPLES_PER_FRAME, video_frames_for_latents
+
+if TYPE_CHECKING:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from .transformer import KVCache
+
+
+@dataclass
+class BlockTiming:
+    """Wall-clock milliseconds spent on one block, for live readouts and benchmarks.
+
+    In a group the block step is shared: every stream's timing holds the whole step (denoise, KV pass, decode) plus
+    its own audio encoding.
+    """
+
+    block: int
+    video_frames: int
+    audio_ms: float = 0.0  # audio encoder
+    denoise_ms: float = 0.0  # num_inference_steps forwards of G (all CFG rows batched)
+    kv_ms: float = 0.0  # the t=0 pass that writes the block's KV
+    decode_ms: float = 0.0  # causal VAE decoder
+    latency_ms: float = 0.0  # from the block's last audio sample arriving to its frames being ready
+
+    @property
+    def total_ms(self) -> float:
+        return self.audio_ms + self.denoise_ms + self.kv_ms + self.decode_ms
+
+
+@dataclass
+class BlockRecord:
+    """What a stream yields per block: its frames, the model-rate audio that drove them, and its timing.
+
+    Video frame i of a stream is driven by model-rate samples [640 i, 640 (i + 1)), so `audio` holds exactly
+    `len(frames) * SAMPLES_PER_FRAME` samples (the stream's last block: the audio's end padded with silence).
+    """
+
+    frames: np.ndarray  # uint8 (n, H, W, 3) at 25 fps
+    audio: np.ndarray  # float32 (n * SAMPLES_PER_FRAME,) at 16 kHz
+    first_frame: int  # the stream's index of frames[0]: the block starts first_frame / FPS seconds in
+    timing: BlockTiming
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What a group fixes at its start; every stream of the group shares it."""
+
+    guidance_audio: float
+    guidance_reference: float
+    num_inference_steps: int
+    block_size: int  # latent frames per block (k)
+    kv_window: int  # latent frames the KV cache holds before it resets
+    cfg_rows: tuple[tuple[bool, bool], ...]  # (drop audio, drop references) per CFG row, see `pipeline.cfg_rows`
+
+    @property
+    def num_cfg_rows(self) -> int:
+        return len(self.cfg_rows)
+
+
+@dataclass
+class StreamPosition:
+    """Where a group's streams are: blocks done, and the video frames they hold (`block_size` latent frames each)."""
+
+    block_size: int
+    block_index: int = 0
+    video_frames: int = 0
+
+    def block_video_frames(self, block_index: int | None = None) -> int:
+        """Video frames of block `block_index` (default: the next): 1 + 4(k - 1) for the first block, 4k later."""
+        i = self.block_index if block_index is None else block_index
+        return video_frames_for_latents(self.block_size, first=i == 0)
+
+    def advance(self) -> None:
+        """The next block is done."""
+        self.video_frames += self.block_video_frames()
+        self.block_index += 1
+
+    def block_end(self, video_frames: int) -> int:
+        """The first block boundary (in video frames) at or after `video_frames`: where a stream ending there stops."""
+        end, block = self.video_frames, self.block_index
+        while end < video_frames:
+            end += self.block_video_frames(block)
+            block += 1
+        return end
+
+
+@dataclass
+class BlockAudio:
+    """One block's audio for one stream: the model-rate samples of its video frames and their features."""
+
+    samples: np.ndarray  # float32 (n * SAMPLES_PER_FRAME,) at 16 kHz
+    features: torch.Tensor  # (1, n, feature_dim) from the audio encoder
+    encode_ms: float  # audio-encoder time spent for this block
+
+
+class StreamAudio:
+    """One stream's audio: chunks of any size and rate in, one block's audio out.
+
+    The audio encoder gets block-aligned pieces (a block's frames plus its look-ahead), never the microphone's own
+    chunks: it then sees the same calls whatever the chunking, so a streamed clip equals the offline one bit for bit.
+    """
+
+    def __init__(self, encoder_state):
+        self.buffer = AudioStreamBuffer()  # resampled to the model rate, not yet given to the encoder
+        self.encoder_state = encoder_state
+        self.num_samples: int | None = None  # model-rate samples of the whole stream, once closed
+        self._first_frame = 0  # the stream's index of the first video frame still queued below
+        self._samples = np.zeros(0, np.float32)  # model-rate samples given to the encoder, from _first_frame on
+        self._features: torch.Tensor | None = None  # (1, f, D) features of frames _first_frame... (None: f = 0)
+        self._encode_ms = 0.0
+
+    def push(self, samples: np.ndarray, sample_rate: int) -> None:
+        """Add a chunk (any dtype, mono or multichannel, any size and rate)."""
+        self.buffer.push(samples, sample_rate)
+
+    def close(self) -> int:
+        """End of the audio; returns the video frames it covers (the last one possibly in part)."""
+        self.buffer.close()
+        self.num_samples = self.buffer.total_samples
+        return -(-self.num_samples // SAMPLES_PER_FRAME)
+
+    def pad_to(self, video_frames: int) -> None:
+        """After `close`: model-rate silence up to the end of video frame `video_frames - 1` (a whole last block)."""
+        self.buffer.pad(video_frames * SAMPLES_PER_FRAME - self.buffer.total_samples)
+
+    def take_block(self, first_frame: int, num_frames: int, encoder, final: bool = False) -> BlockAudio | None:
+        """The audio of video frames [first_frame, first_frame + num_frames), or None until it has arrived.
+
+        Encodes what the block needs (with `final`, after `close`: whatever is left, the encoder flushing its
+        look-ahead). Frames before `first_frame` are dropped: a block's audio is taken again, unchanged, until the
+        caller moves on (a group waits for all its streams).
+        """
+        self._drop_before(first_frame)
+        if self._num_features < num_frames:
+            need = (num_frames + int(encoder.config.lookahead_frames)) * SAMPLES_PER_FRAME - self._samples.size
+            piece = self.buffer.pop(need, partial=final)
+            if piece is None:
+                return None
+            self._encode(piece, encoder, final=final and not self.buffer.available)
+            if self._num_features < num_frames:
+                return None
+        samples = self._samples[: num_frames * SAMPLES_PER_FRAME]
+        return BlockAudio(samples, self._features[:, :num_frames], self._encode_ms)
+
+    @property
+    def _num_features(self) -> int:
+        return 0 if self._features is None else self._features.shape[1]
+
+    def _drop_before(self, first_frame: int) -> None:
+        drop = first_frame - self._first_frame
+        if drop > 0:
+            self._samples = self._samples[drop * SAMPLES_PER_FRAME :]
+            self._features = self._features[:, drop:] if self._num_features > drop else None
+            self._first_frame, self._encode_ms = first_frame, 0.0
+
+    def _encode(self, piece: np.ndarray, encoder, final: bool) -> None:
+        start = time.perf_counter()
+        x = torch.from_numpy(piece).to(encoder.device, encoder.dtype)[None]  # (1, n)
+        features, self.encoder_state = encoder.encode_chunk(x, self.encoder_state, final=final)  # (1, f, D)
+        self._features = features if self._features is None else torch.cat([self._features, features], dim=1)
+        self._samples = np.concatenate([self._samples, piece])
+        self._encode_ms += (time.perf_counter() - start) * 1e3
+
+
+@dataclass(eq=False)
+class Stream:
+    """One stream's own state. Create with `PortraitRTPipeline.start_stream` (a group of one) or `start_streams`."""
+
+    reference_frames: np.ndarray  # uint8 (M, H, W, 3), as loaded
+    audio: StreamAudio
+    generator: torch.Generator | None
+    group: StreamGroup | None = field(default=None, repr=False)  # set by the group it runs in
+    finished: bool = False  # flushed: its audio ended and its last block is out
+
+
+@dataclass(eq=False)
+class StreamGroup:
+    """Streams stepped together, one batched forward of G per Euler step and one VAE decode per block.
+
+    Rows of the KV cache are stream-major: stream i owns rows [i R, (i + 1) R) for R CFG rows. `reference_features`
+    (f_c = E1(I_r), opaque to the runtime) and the decoder's causal caches are stacked along dim 0, one per stream.
+    All streams of a group are at one `position`; a stream that ends alone leaves first (`split_off`).
+    """
+
+    settings: StreamSettings
+    streams: tuple[Stream, ...]
+    kv_cache: KVCache
+    reference_features: torch.Tensor  # (streams, M, C, h, w)
+    position: StreamPosition
+    scheduler: FlowMatchEulerDiscreteScheduler  # the group's own copy (its step state)
+    decoder_cache: list | None = None  # the VAE decoder's causal caches (None: stream start)
+
+    def __post_init__(self):
+        for stream in self.streams:
+            stream.group = self
+
+    @property
+    def drop_audio(self) -> torch.Tensor:
+        """(streams * R,) bool: the rows that use the null audio embedding."""
+        rows = [drop for drop, _ in self.settings.cfg_rows] * len(self.streams)
+        return torch.tensor(rows, device=self.kv_cache.key.device)
+
+    def split_off(self, stream: Stream) -> StreamGroup:
+        """Move `stream` into a group of its own (its cache rows copied out), at the same position; returns it."""
+        i = self.streams.index(stream)
+        rest = [j for j in range(len(self.streams)) if j != i]
+        alone = StreamGroup(
+            settings=self.settings,
+            streams=(stream,),
+            kv_cache=self.kv_cache.select_rows(self._rows([i])),
+            reference_features=self.reference_features[i : i + 1],
+            position=dataclasses.replace(self.position),
+            scheduler=copy.deepcopy(self.scheduler),
+            decoder_cache=_select_batch(self.decoder_cache, [i]),
+        )
+        self.streams = tuple(self.streams[j] for j in rest)
+        self.kv_cache = self.kv_cache.select_rows(self._rows(rest))
+        self.reference_features = self.reference_features[rest]
+        self.decoder_cache = _select_batch(self.decoder_cache, rest)
+        return alone
+
+    def _rows(self, streams: list[int]) -> list[int]:
+        r = self.settings.num_cfg_rows
+        return [i * r + j for i in streams for j in range(r)]
+
+
+def _select_batch(cache, index: list[int]):
+    """Entries `index` (dim 0) of every tensor of a nested cache (lists of tensors, or None)."""
+    if cache is None:
+        return None
+    if isinstance(cache, torch.Tensor):
+        return cache[index]
+    return [_select_batch(c, index) for c in cache]
