@@ -267,8 +267,10 @@ def model_card(
     lines += [
         "## Limits",
         "",
-        "- trained only on flat-colour synthetic cartoons at 128²: real photos are out of distribution",
-        "- tiny model, short CPU training: blurrier than the references, and identity details can wander",
+        "- trained only on flat-colour synthetic cartoons at 128²: real photos are out of distribution (a photo's "
+        "detail comes through the reference warp; the mouth the decoder paints into it stays cartoon-like)",
+        "- tiny model, short CPU training: where the decoder's own pixels show (mouth, blinks) they are blurry, and "
+        "identity details can wander",
         "- lip-sync follows loudness and broad spectral shape (the corpus's own audio-to-mouth mapping), not visemes",
     ]
     if notes:
