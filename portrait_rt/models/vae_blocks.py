@@ -116,7 +116,8 @@ class CausalSequential(nn.ModuleList):
     def forward(
         self, x: torch.Tensor, cache: Cache = None, after: dict[int, Callable] | None = None
     ) -> tuple[torch.Tensor, Cache]:
-        """`after[i]`, if given, maps x after child i (a cache-free step such as reference detail attention)."""
+        """`after[i]`, if given, is called on x after child i and returns the x to go on with (the VAE reads E1's
+        H/4 features of the references this way, for `ReferenceWarp`)."""
         new_cache = []
         for i, module in enumerate(self):
             c = None if cache is None else cache[i]

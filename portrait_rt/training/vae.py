@@ -24,6 +24,13 @@ that is mostly closed is a closed mouth), so the lip-sync the DiT can reach stay
   the mouth opening linearly, which the decoder and the DiT then use.
 In videos without the reserved colour both reduce to the plain loss (the probe then learns that the area is 0).
 
+Sharpness (`--gradient-weight G`, not in the paper): the L1 of the image gradients counts G times; an edge the
+reconstruction blurs costs on both sides of it. The demo's reference-warp stage used G = 1 (see scripts/train_demo.sh).
+
+Growing a trained VAE: `--init-from FOLDER --config-json '{"ref_warp_channels": 32}'` builds the VAE with the changed
+config and loads every trained weight into it; only new modules (the reference warp) start from their own
+initialisation. A change that would drop or reshape trained weights is refused.
+
 Decoder fine-tuning (`--freeze-encoder`): E1 and E2 stay fixed and only D1, Dref and D2 train, as Stable
 Diffusion's VAE decoders were fine-tuned: the latent space does not move, so latents cached for the DiT stay valid
 and the DiT can train on them while the decoder improves.
