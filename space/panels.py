@@ -82,9 +82,11 @@ def about_markdown(choice: ModelChoice, pipe) -> str:
     lines += [
         f"**Trained on:** {trained}",
         "**Can (the bundled model):** animate synthetic-style portraits from 1-3 references, mouth following the "
-        "speech, head motion and blinks of its own, live from a microphone or offline from a file.",
-        "**Cannot (the bundled model):** animate real photos convincingly: that needs a model trained on real "
-        "talking videos (`python -m portrait_rt prepare` and `train` on your own footage).",
+        "speech and blinks of its own, with the references' detail (eyes, glasses, hair, background) kept sharp, "
+        "live from a microphone or offline from a file.",
+        "**Cannot (the bundled model):** move the head (it keeps the reference's pose), or animate real photos "
+        "convincingly: a photo keeps its detail, but the mouth painted into it is a blurry cartoon's. That needs a "
+        "model trained on real talking videos (`python -m portrait_rt prepare` and `train` on your own footage).",
         "**Load another model:** `python app.py --model PATH_OR_HUB_ID`, or set "
         f"`{MODEL_ENV}=PATH_OR_HUB_ID` (a diffusers folder written by `pipe.save_pretrained`).",
     ]
