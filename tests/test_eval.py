@@ -130,3 +130,17 @@ def test_report_and_eval_cli(clips, tmp_path):
     cli_report = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert cli_report["lipsync"]["r"] > 0.9 and cli_report["lipsync"]["offset"] == 0  # through h.264 + AAC
     assert (tmp_path / "cli" / "report.png").is_file()
+
+
+def test_detail_ratio_sees_blur():
+    """A copy keeps all the detail (1), a 5x5 box blur of a rendered portrait keeps little, noise adds some."""
+    from scipy.ndimage import uniform_filter
+
+    from portrait_rt.eval.metrics import detail_ratio
+
+    frames = render_clip(0, resolution=64, duration=0.2, split="eval").frames
+    blurred = uniform_filter(frames.astype(np.float32), size=(1, 5, 5, 1)).round().astype(np.uint8)
+    noisy = np.clip(frames + np.random.default_rng(0).normal(0, 20, frames.shape), 0, 255).astype(np.uint8)
+    assert detail_ratio(frames, frames) == 1.0
+    assert detail_ratio(blurred, frames) < 0.3
+    assert detail_ratio(noisy, frames) > 1.0
