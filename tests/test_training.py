@@ -13,7 +13,7 @@ from portrait_rt.data.shards import ClipStore, write_synthetic_shards
 from portrait_rt.training.common import TrainConfig
 from portrait_rt.training.dit import DiTTrainer
 from portrait_rt.training.latents import cache_latents, encode_clip
-from portrait_rt.training.vae import VAETrainer, mouth_region, parse_stages
+from portrait_rt.training.vae import VAETrainer, VAETrainingModule, mouth_region, parse_stages, reference_flow
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "portrait-rt-demo"
@@ -125,6 +125,53 @@ def test_grow_a_trained_vae_with_the_reference_warp(shards, tmp_path):
     with pytest.raises(ValueError, match="changes trained modules"):
         VAETrainer(_vae_config(tmp_path / "bad"), shards.root, init_from=str(tmp_path / "grown" / "vae"),
                    stages=[(5, 2, 1)], config_overrides={"ref_warp_channels": 0}).train()  # fmt: skip
+
+
+def test_reference_flow_finds_a_moved_head(shards):
+    """The teacher flow for a frame whose content sits 3 px right and 2 px up of the reference: (-3, +2) px, where the
+    reference really is; a frame that is the reference gives ~0."""
+    frames, _ = ClipStore(shards.root).load(0)
+    reference = frames[0]
+    moved = np.roll(reference, (-2, 3), axis=(0, 1))  # content 2 px up, 3 px right
+    flow, valid = reference_flow(np.stack([moved, reference]), reference[None])
+    assert flow.shape == (2, 1, 2, 64, 64) and valid.shape == (2, 1, 1, 64, 64)
+    inner = (slice(8, -8), slice(8, -8))
+    assert valid[0, 0, 0][inner].mean() > 0.9
+    assert np.median(flow[0, 0, 0][inner]) == pytest.approx(-3, abs=0.3)
+    assert np.median(flow[0, 0, 1][inner]) == pytest.approx(2, abs=0.3)
+    assert np.abs(flow[1, 0]).mean() < 0.05
+
+
+def test_flow_loss_supervises_the_warp_head_only(shards):
+    """`flow_weight`: the head's zero-initialised flow against the teacher's costs the teacher's mean |flow| over
+    the valid cells, and its gradient reaches the warp head and nothing else (the decoder sees no flow loss)."""
+    from portrait_rt.models.vae import CausalVideoVAE
+    from portrait_rt.presets import get_preset
+
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(**{**get_preset("tiny")["vae"], "resolution": 64, "ref_warp_channels": 8})
+    module = VAETrainingModule(vae, kl_weight=0.0, sample_posterior=False, flow_weight=1.0)
+    video = torch.rand(1, 3, 5, 64, 64) * 2 - 1
+    references = torch.rand(1, 2, 3, 64, 64) * 2 - 1
+    flow = torch.full((1, 5, 2, 2, 64, 64), 1.5)
+    flow[:, :, 1] = -0.5  # reference 2 moved the other way
+    valid = torch.ones(1, 5, 2, 1, 64, 64)
+    valid[..., :32, :] = 0  # the top half has no teacher
+
+    def gradients(flow_weight):
+        module.flow_weight = flow_weight
+        module.zero_grad()
+        loss, logs = module(video, references, torch.Generator().manual_seed(0), flow=flow, flow_valid=valid)
+        loss.backward()
+        return logs, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+    logs, with_flow = gradients(1.0)
+    assert logs["flow_l1"] == pytest.approx(1.0)  # mean of |1.5| and |-0.5| over the bottom half only
+    _, without = gradients(0.0)
+    changed = {n for n, g in with_flow.items() if not torch.allclose(g, without[n], atol=1e-7)}
+    assert changed and all(n.startswith("vae.reference_warp.head.") for n in changed)
+    with pytest.raises(ValueError, match="ref_warp_channels"):
+        VAETrainingModule(CausalVideoVAE(**{**get_preset("tiny")["vae"], "ref_warp_channels": 0}), 0.0, flow_weight=1)
 
 
 def test_mouth_area_counts_the_interior_per_frame():

@@ -247,7 +247,9 @@ class Trainer:
             pending.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
-                summary = {k: float(np.mean([r[k] for r in pending])) for k in pending[-1] if k != "step"}
+                # a term some steps lack (no references -> no flow loss) is the mean over the steps that have it
+                keys = dict.fromkeys(k for r in pending for k in r if k != "step")
+                summary = {k: float(np.mean([r[k] for r in pending if k in r])) for k in keys}
                 self._log({"step": step + 1, **summary, "elapsed_s": round(time.time() - t0, 1)})
                 pending = []
             out_of_time = cfg.max_minutes is not None and (time.time() - t0) / 60 >= cfg.max_minutes

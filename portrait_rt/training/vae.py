@@ -27,6 +27,14 @@ In videos without the reserved colour both reduce to the plain loss (the probe t
 Sharpness (`--gradient-weight G`, not in the paper): the L1 of the image gradients counts G times; an edge the
 reconstruction blurs costs on both sides of it. The demo's reference-warp stage used G = 1 (see scripts/train_demo.sh).
 
+Reference flow (`--flow-weight F`, not in the paper; VAEs with the reference warp): the warp's flow learns little
+from the pixel loss alone (a bilinear warp's gradient sees about a pixel, and the head moves several), so the head
+keeps the reference's pose. Each step, OpenCV's Farneback optical flow from every target frame to every reference
+(where the reference's pixel for each target pixel is; on the ground truth, so it is a teacher the decoder's blurry
+frame at inference time does not need) supervises the head's flow with an L1 weighted F, where the reference warped
+by it matches the target (mouths that changed and uncovered background are left out). Needs opencv
+(`pip install 'portrait-rt[train]'`).
+
 Growing a trained VAE: `--init-from FOLDER --config-json '{"ref_warp_channels": 32}'` builds the VAE with the changed
 config and loads every trained weight into it; only new modules (the reference warp) start from their own
 initialisation. A change that would drop or reshape trained weights is refused.
@@ -42,6 +50,7 @@ import argparse
 import json
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -107,6 +116,32 @@ def image_gradient_l1(recon: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
+FLOW_MATCH_TOLERANCE = 20  # of 255: a target pixel whose flow-warped reference pixel is further off has no flow target
+
+
+def reference_flow(video: np.ndarray, references: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Optical flow from each frame of `video` (T, H, W, 3) uint8 to each of `references` (M, H, W, 3) uint8: for
+    every target pixel, where (in pixels, x then y) the same point is in the reference. -> flow (T, M, 2, H, W) and
+    `valid` (T, M, 1, H, W), 1 where the reference warped by the flow matches the target (`FLOW_MATCH_TOLERANCE`)."""
+    try:
+        import cv2
+    except ImportError:
+        raise ImportError("--flow-weight needs OpenCV: pip install 'portrait-rt[train]'.") from None
+    t, height, width, _ = video.shape
+    grid = np.stack(np.meshgrid(np.arange(width), np.arange(height)), axis=-1).astype(np.float32)  # (H, W, 2)
+    grey = [cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) for image in (*video, *references)]
+    flow = np.zeros((t, len(references), 2, height, width), np.float32)
+    valid = np.zeros((t, len(references), 1, height, width), np.float32)
+    for i in range(t):
+        for j, reference in enumerate(references):
+            f = cv2.calcOpticalFlowFarneback(grey[i], grey[t + j], None, 0.5, 2, 11, 2, 5, 1.1, 0)
+            at = grid + f
+            warped = cv2.remap(reference, at[..., 0], at[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            error = np.abs(warped.astype(np.int16) - video[i]).max(axis=-1)
+            flow[i, j], valid[i, j, 0] = f.transpose(2, 0, 1), error < FLOW_MATCH_TOLERANCE
+    return flow, valid
+
+
 class VAETrainingModule(nn.Module):
     """The VAE and its loss in one module, so `accelerate` (DDP, autocast) wraps a single forward."""
 
@@ -120,9 +155,13 @@ class VAETrainingModule(nn.Module):
         lpips_weight: float = 0.0,
         mouth_probe_weight: float = 0.0,
         gradient_weight: float = 0.0,
+        flow_weight: float = 0.0,
     ):
         super().__init__()
         self.vae, self.kl_weight, self.sample_posterior = vae, kl_weight, sample_posterior
+        if flow_weight > 0 and vae.reference_warp is None:
+            raise ValueError("--flow-weight trains the reference warp; this VAE has none (set ref_warp_channels).")
+        self.flow_weight = flow_weight
         self.gradient_weight = gradient_weight
         self.mouth_weight, self.mouth_probe_weight = mouth_weight, mouth_probe_weight
         # 4 outputs per latent frame: the areas of its 4 video frames (the first latent frame: frame 0, 4 times).
@@ -131,9 +170,25 @@ class VAETrainingModule(nn.Module):
         self._lpips = (lpips,) if lpips is not None else ()
         self.lpips_weight = lpips_weight
 
-    def forward(self, video: torch.Tensor, references: torch.Tensor, generator: torch.Generator):
-        """video (B, 3, 1+4n, H, W), references (B, M, 3, H, W) in [-1, 1] -> (loss, logs)."""
-        recon, posterior = self.vae(video, references, sample_posterior=self.sample_posterior, generator=generator)
+    def forward(
+        self,
+        video: torch.Tensor,
+        references: torch.Tensor,
+        generator: torch.Generator,
+        flow: torch.Tensor | None = None,
+        flow_valid: torch.Tensor | None = None,
+    ):
+        """video (B, 3, 1+4n, H, W), references (B, M, 3, H, W) in [-1, 1] -> (loss, logs). With `flow_weight`:
+        the `reference_flow` targets `flow` (B, T, M, 2, H, W) and `flow_valid` (B, T, M, 1, H, W)."""
+        head_outputs = []  # the warp head's (flow / downscale, logit) at H/4, one tensor per decode
+        hook = None
+        if self.flow_weight > 0:
+            hook = self.vae.reference_warp.head.register_forward_hook(lambda m, i, out: head_outputs.append(out))
+        try:
+            recon, posterior = self.vae(video, references, sample_posterior=self.sample_posterior, generator=generator)
+        finally:
+            if hook is not None:
+                hook.remove()
         error = (recon.float() - video).abs()
         l1 = error.mean()
         logs = {"l1": l1.detach()}
@@ -145,6 +200,14 @@ class VAETrainingModule(nn.Module):
             grad = image_gradient_l1(recon.float(), video)
             logs["gradient_l1"] = grad.detach()
             l1 = l1 + self.gradient_weight * grad
+        if head_outputs:  # (B*T*M, 3, H/4, W/4), flattened as the head's inputs: batch, frame, reference
+            d = self.vae.reference_warp.downscale
+            predicted = head_outputs[0][:, :2].float() * d
+            target = F.avg_pool2d(flow.flatten(0, 2), d)
+            weight = F.avg_pool2d(flow_valid.flatten(0, 2), d).eq(1).float()  # every pixel of the cell matches
+            flow_l1 = ((predicted - target).abs() * weight).sum() / (2 * weight.sum()).clamp_min(1.0)
+            logs["flow_l1"] = flow_l1.detach()
+            l1 = l1 + self.flow_weight * flow_l1
         if self.mouth_probe is not None:
             area = mouth_area(video)  # (B, 1 + 4n)
             area = torch.cat([area[:, :1].expand(-1, 3), area], dim=1).unflatten(1, (-1, 4))  # (B, n + 1, 4)
@@ -186,9 +249,11 @@ class VAETrainer(Trainer):
         lpips_backbone: str | None = None,
         lpips_heads: str | None = None,
         gradient_weight: float = 0.0,
+        flow_weight: float = 0.0,
     ):
-        if lpips_weight < 0 or gradient_weight < 0:
-            raise ValueError(f"--lpips-weight, --gradient-weight must be >= 0, got {lpips_weight}, {gradient_weight}.")
+        if min(lpips_weight, gradient_weight, flow_weight) < 0:
+            raise ValueError(f"--lpips-weight, --gradient-weight, --flow-weight must be >= 0, got {lpips_weight}, "
+                             f"{gradient_weight}, {flow_weight}.")  # fmt: skip
         if lpips_weight > 0 and not (lpips_backbone and lpips_heads):
             raise ValueError(
                 "--lpips-weight > 0 needs local LPIPS weights (nothing is downloaded): pass --lpips-backbone "
@@ -196,7 +261,7 @@ class VAETrainer(Trainer):
                 "package's weights/v0.1/vgg.pth), or leave --lpips-weight at 0."
             )
         self.lpips_weight, self.lpips_backbone, self.lpips_heads = lpips_weight, lpips_backbone, lpips_heads
-        self.gradient_weight = gradient_weight
+        self.gradient_weight, self.flow_weight = gradient_weight, flow_weight
         if mouth_weight < 0 or mouth_probe_weight < 0:
             raise ValueError(f"--mouth-weight and --mouth-probe-weight must be >= 0, got {mouth_weight}, "
                              f"{mouth_probe_weight}.")  # fmt: skip
@@ -247,6 +312,7 @@ class VAETrainer(Trainer):
             lpips=lpips,
             lpips_weight=self.lpips_weight,
             gradient_weight=self.gradient_weight,
+            flow_weight=self.flow_weight,
         )
 
     def stage(self, step: int) -> tuple[int, int]:
@@ -261,20 +327,21 @@ class VAETrainer(Trainer):
         num_frames, batch_size = self.stage(step)
         r = torch.rand(1, generator=generator).item()
         m = 0 if r < self.no_reference_prob else int(torch.randint(1, MAX_REFERENCES + 1, (1,), generator=generator))
-        videos, refs = [], []
+        videos, refs, flows = [], [], []
         for _ in range(batch_size):
             k = int(torch.randint(len(self.store), (1,), generator=generator))
             frames, _ = self.store.load(k)
             start = int(torch.randint(frames.shape[0] - num_frames + 1, (1,), generator=generator))
+            picks = sorted(torch.randint(frames.shape[0], (m,), generator=generator).tolist())
             videos.append(frames_to_tensor(frames[start : start + num_frames]).movedim(0, 1))  # (3, T, H, W)
-            picks = torch.randint(frames.shape[0], (m,), generator=generator).tolist()
-            refs.append(frames_to_tensor(frames[sorted(picks)]))  # (M, 3, H, W)
+            refs.append(frames_to_tensor(frames[picks]))  # (M, 3, H, W)
+            if self.flow_weight > 0 and m > 0:
+                flows.append(reference_flow(frames[start : start + num_frames], frames[picks]))
         device = self.accelerator.device
-        return {
-            "video": torch.stack(videos).to(device),
-            "references": torch.stack(refs).to(device),
-            "generator": generator,
-        }
+        batch = {"video": torch.stack(videos).to(device), "references": torch.stack(refs).to(device)}
+        if flows:
+            batch["flow"], batch["flow_valid"] = (torch.from_numpy(np.stack(f)).to(device) for f in zip(*flows))
+        return {**batch, "generator": generator}
 
     def save_final(self, module: VAETrainingModule) -> None:
         vae = module.vae
@@ -346,6 +413,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gradient-weight", type=float, default=0.0, help="weight of the image-gradient L1 (a sharpness term)"
     )
+    parser.add_argument(
+        "--flow-weight",
+        type=float,
+        default=0.0,
+        help="weight of the reference warp's flow L1 against OpenCV optical flow (module docstring; needs opencv)",
+    )
     parser.add_argument("--config-json", default=None, help="JSON dict of VAE config values overriding the preset")
 
 
@@ -372,4 +445,5 @@ def build_trainer(args: argparse.Namespace) -> VAETrainer:
         lpips_backbone=args.lpips_backbone,
         lpips_heads=args.lpips_heads,
         gradient_weight=args.gradient_weight,
+        flow_weight=args.flow_weight,
     )
