@@ -98,9 +98,14 @@ def test_block_size_choices_follow_the_kv_window():
 def test_about_panel_says_what_is_loaded_and_how_to_change_it(tmp_path):
     text = about_markdown(choose_model(None, tmp_path / "missing"), _stub_pipe())
     assert "preset:tiny" in text and "not there" in text and "--model" in text and "PORTRAIT_RT_MODEL" in text
-    assert "real photos" in text  # what it cannot do
+    assert "random weights" in text and "Does well" not in text  # no claims for a model that is not loaded
+    assert str(tmp_path) not in text  # no server paths
     trained = about_markdown(ModelChoice(str(BUNDLED_MODEL)), _stub_pipe())
-    assert "⚠️" not in trained and "synthetic" in trained
+    assert "⚠️" not in trained and "synthetic" in trained and "real photographs" in trained  # what it cannot do
+    assert "blink" not in trained.split("Does well")[1].split("Does not")[0]  # no eyes blink in its output
+    assert str(BUNDLED_MODEL.parent) not in trained and "`assets/portrait-rt-demo`" in trained
+    other = about_markdown(ModelChoice(str(tmp_path)), _stub_pipe())
+    assert str(tmp_path) not in other and tmp_path.name in other and "own card" in other
 
 
 # ---------------------------------------------------------------------------------------------- input checks
