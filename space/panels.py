@@ -51,6 +51,16 @@ def lipsync_plot(frames: np.ndarray, audio: np.ndarray, out_dir: str | os.PathLi
     return path, f"Lip sync r = {sync['r']:.2f} at offset {sync['offset']:+d} frames."
 
 
+def lipsync_r(frames: np.ndarray, audio: np.ndarray) -> float | None:
+    """The eval tools' lip-sync r (best offset) of a generated clip; None if it is too short to measure."""
+    from portrait_rt.eval import evaluate_video
+
+    try:
+        return float(evaluate_video(frames, audio, SAMPLE_RATE)["lipsync"]["r"])
+    except ValueError:
+        return None
+
+
 def block_size_choices(pipe) -> list[int]:
     """Block sizes (latent frames) the loaded model's KV window allows."""
     return valid_block_sizes(int(pipe.transformer.config.kv_window))
@@ -70,7 +80,7 @@ def model_label(choice: ModelChoice) -> str:
 
 
 def about_markdown(choice: ModelChoice, pipe) -> str:
-    """The "about this model" panel: what is loaded, what it learnt from, what it does well and badly, how to change it.
+    """The "about this model" panel: what is loaded, what it learnt, what it does well and badly, how to change it.
 
     The figures are the bundled model's card's (`assets/portrait-rt-demo/README.md`); no server paths are shown.
     """
