@@ -3,7 +3,8 @@
     python app.py [--model PATH_OR_HUB_ID] [--port 7860] [--host 127.0.0.1]
 
 Widgets and event wiring only: the library loads (`portrait_rt.loading`) and generates (`portrait_rt.pipeline`); the
-Space's own helpers sit beside this file in `space/` (input checks, live mode, readouts, the lip-sync plot, About).
+Space's own helpers sit beside this file in `space/` (input checks, live mode, readouts, the lip-sync plot, About, the
+page's intro and CSS, Compare's side-by-side mp4, the one-click example cached from the shipped model).
 
 Live mode: the microphone's `.stream` event only queues chunks in the tab's `LiveSession` (`gr.State`); the live
 generator, started by `.start_recording`, turns them into video segments for a streaming `gr.Video`, and
