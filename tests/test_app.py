@@ -221,7 +221,8 @@ def test_file_mode_plays_a_video_as_long_as_the_audio(browser, app_url):
         "sel => { const v = document.querySelector(sel + ' video'); v.muted = true; v.play(); }", "#file-video"
     )
     _wait_until(page, "#file-video", "v.currentTime > 0.3", timeout_ms=20_000)
-    page.locator("#lipsync img").wait_for(timeout=30_000)  # the eval tools' lip-sync plot beside it
+    page.get_by_role("button", name="Lip-sync plot").click()  # behind its toggle
+    page.locator("#lipsync img").wait_for(timeout=30_000)  # the eval tools' lip-sync plot
     assert "frames" in page.inner_text("#file-readout") and "Lip sync" in page.inner_text("#file-readout")
     _shot(page, "2-file-mode-result")
     page.context.close()
