@@ -3,7 +3,8 @@
     python app.py [--model PATH_OR_HUB_ID] [--port 7860] [--host 127.0.0.1]
 
 Widgets and event wiring only: the library loads (`portrait_rt.loading`) and generates (`portrait_rt.pipeline`); the
-Space's own helpers sit beside this file in `space/` (input checks, live mode, readouts, the lip-sync plot, About).
+Space's own helpers sit beside this file in `space/` (input checks, live mode, readouts, the lip-sync plot, About, the
+page's intro and CSS, Compare's side-by-side mp4, the one-click example cached from the shipped model).
 
 Live mode: the microphone's `.stream` event only queues chunks in the tab's `LiveSession` (`gr.State`); the live
 generator, started by `.start_recording`, turns them into video segments for a streaming `gr.Video`, and
@@ -25,9 +26,12 @@ from PIL import Image
 
 from portrait_rt.loading import ModelChoice, add_model_arguments, load_from_args
 from portrait_rt.video import write_video
+from space.compare import side_by_side
+from space.examples import EXAMPLE_PORTRAIT, EXAMPLE_SPEECH, PREVIEW, cached_example
 from space.inputs import collect_references, make_generator, require_audio, user_errors
+from space.layout import INTRO, page_css
 from space.live import LiveSession, LiveStream, run_live
-from space.panels import about_markdown, block_size_choices, lipsync_plot, speed_readout
+from space.panels import about_markdown, block_size_choices, lipsync_plot, lipsync_r, speed_readout
 
 HERE = Path(__file__).parent
 EXAMPLES = HERE / "assets" / "examples"
@@ -114,16 +118,26 @@ def compare(
     block_size,
     progress=gr.Progress(),
 ):
-    """The same references, audio and seed at two guidance settings (audio, reference), side by side."""
-    progress(0.0, desc="Setting A")
-    path_a, _ = _generate(
-        (ref1, ref2, ref3), audio, guidance_audio_a, guidance_reference_a, steps, seed, block_size, "setting-a"
+    """The same references, audio and seed at two guidance settings (audio, reference): each setting's mp4, both
+    side by side in one mp4 (labelled with their guidance and lip-sync r, one shared audio track), and a readout."""
+    refs, results = (ref1, ref2, ref3), []
+    for name, la, lr in (("A", guidance_audio_a, guidance_reference_a), ("B", guidance_audio_b, guidance_reference_b)):
+        progress(len(results) / 2.2, desc=f"Setting {name}")
+        path, out = _generate(refs, audio, la, lr, steps, seed, block_size, f"setting-{name.lower()}")
+        r = lipsync_r(out.frames, out.audio)
+        sync = "lip-sync r " + ("not measured (too short)" if r is None else f"{r:.2f}")
+        results.append((path, out, f"{name}: λa {float(la):g}, λr {float(lr):g}", sync))
+    progress(2 / 2.2, desc="Side by side")
+    (path_a, out_a, *_), (path_b, out_b, *_) = results
+    both = side_by_side(
+        path_a.parent / "compare-a-b.mp4",
+        [out_a.frames, out_b.frames],
+        [[label, sync] for _, _, label, sync in results],
+        out_a.audio,
+        out_a.sample_rate,
     )
-    progress(0.5, desc="Setting B")
-    path_b, _ = _generate(
-        (ref1, ref2, ref3), audio, guidance_audio_b, guidance_reference_b, steps, seed, block_size, "setting-b"
-    )
-    return str(path_a), str(path_b)
+    readout = " · ".join(f"**{label}**, {sync}" for _, _, label, sync in results)
+    return str(path_a), str(path_b), str(both), readout
 
 
 @spaces.GPU(duration=LIVE_TIME_LIMIT_S + 30)
@@ -171,25 +185,107 @@ def live_stop(session: LiveSession) -> None:
 
 # ---------------------------------------------------------------------------------------------- UI
 def build_demo(choice: ModelChoice) -> gr.Blocks:
-    """The Blocks UI around the loaded pipeline `PIPE`."""
+    """The Blocks UI around the loaded pipeline `PIPE` (launch it with `css=page_css(PIPE.resolution)`).
+
+    First screen: what the Space does, a one-click example, the references and the Live/File tabs; the settings sit
+    to the right on a desktop and below the tabs on a phone, so Record and Generate come first there.
+    """
     blocks = block_size_choices(PIPE)
     default_block = int(PIPE.transformer.config.block_size)
+    example = cached_example(choice.model)  # None: not the shipped model, so the example is generated on click
     # No telemetry; Gradio's copies of inputs and outputs older than an hour are deleted hourly (all at exit).
     with gr.Blocks(title="portrait-rt", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(
-            "# portrait-rt: real-time talking portraits\n"
-            "Give 1-3 portraits of one face, then talk (**Live**) or upload speech (**File**). The video is made "
-            "block by block (a causal VAE and a blockwise-autoregressive diffusion transformer), so it streams."
-        )
+        with gr.Row(elem_id="intro"):
+            with gr.Column(scale=3):
+                gr.Markdown(INTRO)
+                example_btn = gr.Button(
+                    "▶ Try the example" + ("" if example else " (generated now by the loaded model)"),
+                    variant="primary",
+                    elem_id="try-example",
+                )
+            gr.Image(
+                str(PREVIEW / "preview.webp"),
+                label="What the bundled model makes of a cartoon and of a photo",
+                show_label=False,
+                interactive=False,
+                buttons=[],
+                height=150,
+                scale=2,
+                elem_id="intro-preview",
+            )
         with gr.Row():
             with gr.Column(scale=3):
-                with gr.Row():
+                with gr.Row(elem_id="refs"):
                     ref1, ref2, ref3 = (
                         reference_image(1, "required"),
                         reference_image(2, "optional"),
                         reference_image(3, "optional"),
                     )
-            with gr.Column(scale=2):
+                with gr.Tabs() as tabs:
+                    with gr.Tab("Live", id="live"):
+                        session = gr.State(LiveSession())
+                        with gr.Row():
+                            mic = gr.Audio(sources=["microphone"], streaming=True, type="numpy", label="Microphone")
+                            live_video = gr.Video(
+                                label="Live video",
+                                streaming=True,
+                                autoplay=True,
+                                elem_id="live-video",
+                                elem_classes=["crisp"],
+                            )
+                        live_readout = gr.Markdown("Press record and talk.", elem_id="live-readout")
+                    with gr.Tab("File", id="file"):
+                        with gr.Row():
+                            with gr.Column(scale=2, min_width=200):
+                                file_audio = gr.Audio(
+                                    sources=["upload"], type="filepath", label="Speech audio", elem_id="file-audio"
+                                )
+                                generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                            file_video = gr.Video(
+                                label="Generated video",
+                                elem_id="file-video",
+                                elem_classes=["crisp"],
+                                buttons=["download"],
+                                autoplay=True,
+                                scale=3,
+                                min_width=200,
+                            )
+                        file_readout = gr.Markdown(elem_id="file-readout")
+                        with gr.Accordion("Lip-sync plot (eval tools)", open=False, elem_id="lipsync-toggle"):
+                            file_plot = gr.Image(label="Lip sync (eval tools)", type="filepath", elem_id="lipsync")
+                        gr.Examples(
+                            [[str(EXAMPLES / f"portrait_{c}.png"), str(EXAMPLES / f"speech_{c}.wav")] for c in "abc"]
+                            + [[str(PREVIEW / "photo.jpg"), str(EXAMPLE_SPEECH)]],
+                            inputs=[ref1, file_audio],
+                            label="More examples (the last is a real photograph: the bundled model smears it)",
+                            cache_examples=False,
+                        )
+                    with gr.Tab("Compare", id="compare"):
+                        gr.Markdown(
+                            "The same references, audio, steps and seed at two guidance settings. **Setting A is the "
+                            "guidance sliders (λa, λr) at the top right**; set B here."
+                        )
+                        with gr.Row():
+                            cmp_audio = gr.Audio(
+                                sources=["upload"], type="filepath", label="Speech audio", elem_id="cmp-audio"
+                            )
+                            with gr.Column():
+                                guidance_audio_b = gr.Slider(1, 4, value=3, step=0.1, label="B: audio guidance λa")
+                                guidance_reference_b = gr.Slider(
+                                    1, 4, value=3, step=0.1, label="B: reference guidance λr"
+                                )
+                        compare_btn = gr.Button("Compare", variant="primary", elem_id="compare")
+                        cmp_readout = gr.Markdown(elem_id="cmp-readout")
+                        with gr.Row():
+                            video_a = gr.Video(label="Setting A", elem_id="video-a", elem_classes=["crisp-small"])
+                            video_b = gr.Video(label="Setting B", elem_id="video-b", elem_classes=["crisp-small"])
+                        cmp_video = gr.Video(
+                            label="A and B side by side, one audio track (download to share)",
+                            elem_id="cmp-video",
+                            buttons=["download"],
+                        )
+            with gr.Column(scale=2, min_width=260):
+                gr.Markdown("**Settings** (Live, File, and Compare's setting A)")
                 guidance_audio = gr.Slider(
                     1,
                     4,
@@ -216,52 +312,17 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                     info="Smaller: lower latency. Larger: higher throughput. 1 = 4 video frames.",
                 )
         settings = [guidance_audio, guidance_reference, steps, seed, block_size]
-
-        with gr.Tabs():
-            with gr.Tab("Live", id="live"):
-                session = gr.State(LiveSession())
-                with gr.Row():
-                    mic = gr.Audio(sources=["microphone"], streaming=True, type="numpy", label="Microphone")
-                    live_video = gr.Video(label="Live video", streaming=True, autoplay=True, elem_id="live-video")
-                live_readout = gr.Markdown("Press record and talk.", elem_id="live-readout")
-            with gr.Tab("File", id="file"):
-                with gr.Row():
-                    with gr.Column():
-                        file_audio = gr.Audio(
-                            sources=["upload"], type="filepath", label="Speech audio", elem_id="file-audio"
-                        )
-                        generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-                    file_video = gr.Video(label="Generated video", elem_id="file-video", buttons=["download"])
-                file_plot = gr.Image(label="Lip sync (eval tools)", type="filepath", elem_id="lipsync")
-                file_readout = gr.Markdown(elem_id="file-readout")
-                gr.Examples(
-                    [[str(EXAMPLES / f"portrait_{c}.png"), str(EXAMPLES / f"speech_{c}.wav")] for c in "abc"],
-                    inputs=[ref1, file_audio],
-                    cache_examples=False,
-                )
-            with gr.Tab("Compare", id="compare"):
-                gr.Markdown("The same references, audio and seed at two guidance settings, side by side.")
-                with gr.Row():
-                    cmp_audio = gr.Audio(
-                        sources=["upload"], type="filepath", label="Speech audio", elem_id="cmp-audio"
-                    )
-                    with gr.Column():
-                        guidance_audio_a = gr.Slider(1, 4, value=1, step=0.1, label="A: audio guidance λa")
-                        guidance_reference_a = gr.Slider(1, 4, value=1, step=0.1, label="A: reference guidance λr")
-                    with gr.Column():
-                        guidance_audio_b = gr.Slider(1, 4, value=3, step=0.1, label="B: audio guidance λa")
-                        guidance_reference_b = gr.Slider(1, 4, value=3, step=0.1, label="B: reference guidance λr")
-                setting_a, setting_b = (
-                    [guidance_audio_a, guidance_reference_a],
-                    [guidance_audio_b, guidance_reference_b],
-                )
-                compare_btn = gr.Button("Compare", variant="primary", elem_id="compare")
-                with gr.Row():
-                    video_a = gr.Video(label="Setting A", elem_id="video-a")
-                    video_b = gr.Video(label="Setting B", elem_id="video-b")
+        setting_a, setting_b = [guidance_audio, guidance_reference], [guidance_audio_b, guidance_reference_b]
 
         with gr.Accordion("About this model", open=choice.notice is not None):
             gr.Markdown(about_markdown(choice, PIPE), elem_id="about")
+            gr.Image(
+                str(PREVIEW / "preview.webp"),
+                label="Samples from the bundled model (made by scripts/make_preview.py)",
+                interactive=False,
+                buttons=[],
+                elem_id="about-samples",
+            )
 
         # Events. Live streams share one concurrency limit, offline jobs another, so neither starves the other.
         refs = [ref1, ref2, ref3]
@@ -294,9 +355,32 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
         compare_btn.click(
             compare,
             refs + [cmp_audio] + setting_a + setting_b + [steps, seed, block_size],
-            [video_a, video_b],
+            [video_a, video_b, cmp_video, cmp_readout],
             concurrency_id="offline",
         )
+        # The one-click example: its inputs into Reference 1 and the File tab, then its result: the cached one if the
+        # loaded model is the one that made it, else generated now with the settings on the page.
+        shown = example_btn.click(
+            lambda: (str(EXAMPLE_PORTRAIT), str(EXAMPLE_SPEECH), gr.Tabs(selected="file")),
+            None,
+            [ref1, file_audio, tabs],
+            queue=False,
+        )
+        if example is not None:
+            shown.then(
+                lambda: (str(example.video), example.plot and str(example.plot), example.readout),
+                None,
+                [file_video, file_plot, file_readout],
+                queue=False,
+            )
+        else:
+            shown.then(
+                generate,
+                refs + [file_audio] + settings,
+                [file_video, file_plot, file_readout],
+                concurrency_limit=1,
+                concurrency_id="offline",
+            )
     return demo
 
 
@@ -312,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     PIPE.set_progress_bar_config(disable=False)
     demo = build_demo(choice)
     demo.queue(default_concurrency_limit=1, max_size=32)
-    demo.launch(server_name=args.host, server_port=args.port, show_error=True)
+    demo.launch(server_name=args.host, server_port=args.port, show_error=True, css=page_css(PIPE.resolution))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""The Space in a real browser: Debian's Chromium driven by Playwright against `app.py` on a random tiny pipeline.
+"""The Space in a real browser: Debian's Chromium driven by Playwright against `app.py`.
 
-The app runs as a subprocess (`PORTRAIT_RT_MODEL=preset:tiny`) on a free 127.0.0.1 port. Chromium's fake microphone
-plays a corpus speech clip (looped) for live mode. Screenshots of each state go to `test-artifacts/`, and the live
-latency seen by the browser to `test-artifacts/live_latency.json`.
+The app runs as a subprocess on a free 127.0.0.1 port, twice: on the random tiny pipeline (`preset:tiny`, fast: the
+workings of every tab, errors, live streams) and on the shipped model `assets/portrait-rt-demo` (what a visitor sees:
+the first screen and the one-click example on a desktop and on a phone; these are the screenshots worth showing,
+`test-artifacts/shipped-*.png`). Chromium's fake microphone plays a corpus speech clip (looped) for live mode.
+Screenshots of each state go to `test-artifacts/`, and the live latency seen by the browser to
+`test-artifacts/live_latency.json`.
 
     python -m pytest -q -m browser tests/test_app.py
 """
@@ -29,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 EXAMPLES = ROOT / "assets" / "examples"
 CHROMIUM = os.environ.get("PORTRAIT_RT_CHROMIUM", "/usr/bin/chromium")
+SHIPPED_MODEL = ROOT / "assets" / "portrait-rt-demo"
 MIC_WAV = EXAMPLES / "speech_c.wav"  # what the fake microphone says (looped)
 BROWSER_ARGS = [
     "--no-sandbox",
@@ -47,6 +51,8 @@ BROWSER_ARGS = [
     f"--use-file-for-fake-audio-capture={MIC_WAV}",
 ]
 APP_START_TIMEOUT_S = 240
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
 GENERATE_TIMEOUT_MS = 180_000
 
 if not Path(CHROMIUM).exists():
@@ -72,13 +78,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url():
-    """`python app.py` on a free port with the tiny random pipeline; killed at the end."""
+def _serve(model: str, log_name: str):
+    """`python app.py --model MODEL` on a free port; yields its URL, then stops it."""
     ARTIFACTS.mkdir(exist_ok=True)
     port = _free_port()
-    env = {**os.environ, "PORTRAIT_RT_MODEL": "preset:tiny", "GRADIO_ANALYTICS_ENABLED": "False"}
-    log = open(ARTIFACTS / "app-server.log", "w")
+    env = {**os.environ, "PORTRAIT_RT_MODEL": model, "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(ARTIFACTS / log_name, "w")
     proc = subprocess.Popen(
         [sys.executable, "app.py", "--port", str(port), "--host", "127.0.0.1"],
         cwd=ROOT,
@@ -91,7 +96,7 @@ def app_url():
     while True:
         if proc.poll() is not None:
             log.close()
-            pytest.fail(f"app.py exited ({proc.returncode}); see {ARTIFACTS / 'app-server.log'}")
+            pytest.fail(f"app.py exited ({proc.returncode}); see {ARTIFACTS / log_name}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -113,6 +118,18 @@ def app_url():
 
 
 @pytest.fixture(scope="module")
+def app_url():
+    """The app on the tiny random pipeline: fast enough for live streams on a shared CPU."""
+    yield from _serve("preset:tiny", "app-server.log")
+
+
+@pytest.fixture(scope="module")
+def shipped_url():
+    """The app on the shipped model, as a visitor meets it."""
+    yield from _serve(str(SHIPPED_MODEL), "app-server-shipped.log")
+
+
+@pytest.fixture(scope="module")
 def browser():
     # Imported here, not at the top: `pytest -m "not browser"` collects this file without playwright installed. A
     # dev requirement all the same: when browser tests run, a missing browser stack fails them, never skips.
@@ -124,12 +141,20 @@ def browser():
         b.close()
 
 
-def _open(browser, url, name: str):
-    context = browser.new_context(viewport={"width": 1280, "height": 1000}, permissions=["microphone"])
+def _open(browser, url, name: str, viewport: dict | None = None, fast: bool = True):
+    """A new tab on the app; `fast`: 1 denoising step (the tiny pipeline needs no more; keeps CPU time down)."""
+    phone = viewport == PHONE
+    context = browser.new_context(
+        viewport=viewport or {"width": 1280, "height": 1000},
+        permissions=["microphone"],
+        is_mobile=phone,
+        has_touch=phone,
+    )
     page = context.new_page()
     page.goto(url)
     page.wait_for_selector("#live-readout", timeout=60_000)
-    page.get_by_label("Denoising steps").first.fill("1")  # the tiny pipeline needs no more; keeps CPU time down
+    if fast:
+        page.get_by_label("Denoising steps").first.fill("1")
     return page
 
 
@@ -182,7 +207,7 @@ def test_file_mode_plays_a_video_as_long_as_the_audio(browser, app_url):
     page = _open(browser, app_url, "file")
     audio = EXAMPLES / "speech_b.wav"
     seconds = sf.info(str(audio)).duration
-    page.get_by_text("About this model").click()
+    page.get_by_role("button", name="About this model").click()
     about = page.locator("#about")
     about.wait_for()
     assert "preset:tiny" in about.inner_text() and "--model" in about.inner_text()
@@ -196,7 +221,8 @@ def test_file_mode_plays_a_video_as_long_as_the_audio(browser, app_url):
         "sel => { const v = document.querySelector(sel + ' video'); v.muted = true; v.play(); }", "#file-video"
     )
     _wait_until(page, "#file-video", "v.currentTime > 0.3", timeout_ms=20_000)
-    page.locator("#lipsync img").wait_for(timeout=30_000)  # the eval tools' lip-sync plot beside it
+    page.get_by_role("button", name="Lip-sync plot").click()  # behind its toggle
+    page.locator("#lipsync img").wait_for(timeout=30_000)  # the eval tools' lip-sync plot
     assert "frames" in page.inner_text("#file-readout") and "Lip sync" in page.inner_text("#file-readout")
     _shot(page, "2-file-mode-result")
     page.context.close()
@@ -241,11 +267,100 @@ def test_compare_shows_two_settings_side_by_side(browser, app_url):
     page.locator("#cmp-audio input[type=file]").set_input_files(str(audio))
     page.wait_for_timeout(500)
     page.locator("#compare").click()
-    states = [_wait_video(page, sel) for sel in ("#video-a", "#video-b")]
+    states = [_wait_video(page, sel) for sel in ("#video-a", "#video-b", "#cmp-video")]
     seconds = sf.info(str(audio)).duration
     assert all(abs(s["duration"] - seconds) <= 0.2 for s in states), states
-    assert states[0]["src"] != states[1]["src"]
+    assert len({s["src"] for s in states}) == 3
+    # Setting A is the top sliders (2, 2 by default), B the tab's own (3, 3); each with its lip-sync r.
+    readout = page.inner_text("#cmp-readout")
+    assert "A: λa 2, λr 2" in readout and "B: λa 3, λr 3" in readout and readout.count("lip-sync r") == 2
+    size = page.evaluate(
+        "() => { const v = document.querySelector('#cmp-video video'); return [v.videoWidth, v.videoHeight]; }"
+    )
+    assert size[0] > 2 * size[1] - 200, size  # two panels side by side (plus the label band)
     _shot(page, "10-compare")
+    page.context.close()
+
+
+def _page_box(page, selector: str) -> dict:
+    """The element's box in page coordinates (from the top of the page, whatever the scroll)."""
+    return page.evaluate(
+        """sel => { const r = document.querySelector(sel).getBoundingClientRect();
+            return {top: r.top + window.scrollY, bottom: r.bottom + window.scrollY, width: r.width}; }""",
+        selector,
+    )
+
+
+def _assert_crisp(page, selector: str):
+    """The video is shown at a whole multiple of its pixel size, with nearest-neighbour scaling."""
+    width, shown, rendering = page.evaluate(
+        """sel => { const v = document.querySelector(sel + ' video');
+            return [v.videoWidth, v.getBoundingClientRect().width, getComputedStyle(v).imageRendering]; }""",
+        selector,
+    )
+    assert rendering == "pixelated" and shown % width == 0 and shown >= width, (width, shown, rendering)
+
+
+def _play_example(page) -> dict:
+    """Press "Try the example"; wait until its video plays; returns the video's state."""
+    page.locator("#try-example").click()
+    state = _wait_until(page, "#file-video", "v.currentTime > 0.5", timeout_ms=60_000)
+    assert abs(state["duration"] - sf.info(str(EXAMPLES / "speech_a.wav")).duration) <= 0.2, state
+    assert page.locator("#ref1 img").count() > 0  # its portrait is in Reference 1, ready for Generate
+    return state
+
+
+def test_example_without_a_cache_is_generated_by_the_loaded_model(browser, app_url):
+    page = _open(browser, app_url, "example-tiny")
+    assert "generated now" in page.inner_text("#try-example")  # the tiny model did not make the cached example
+    _play_example(page)
+    assert "Cached" not in page.inner_text("#file-readout") and "frames" in page.inner_text("#file-readout")
+    page.context.close()
+
+
+def test_shipped_model_first_screen_and_one_click_example_on_a_desktop(browser, shipped_url):
+    page = _open(browser, shipped_url, "shipped-desktop", viewport=DESKTOP, fast=False)
+    page.locator("#intro-preview img").wait_for()
+    page.wait_for_timeout(1000)  # the preview's first frames
+    for selector in ("#try-example", "#intro-preview", "#ref1"):
+        assert _page_box(page, selector)["bottom"] <= DESKTOP["height"], selector  # on the first screen
+    _shot(page, "shipped-1-first-screen-desktop", full_page=False)
+    started = time.monotonic()
+    _play_example(page)
+    assert time.monotonic() - started < 15  # the cached result: seconds, not a generation
+    assert "Cached example, made by the bundled model" in page.inner_text("#file-readout")
+    _assert_crisp(page, "#file-video")
+    page.evaluate("() => document.querySelector('#file-video video').pause()")
+    page.locator("#file-video").scroll_into_view_if_needed()
+    _shot(page, "shipped-2-example-result-desktop", full_page=False)
+    page.get_by_role("button", name="About this model").click()
+    about = page.inner_text("#about")
+    assert "bundled demo model" in about and "real photographs" in about and "--model" in about
+    assert str(ROOT) not in about  # no server paths
+    page.locator("#about-samples img").scroll_into_view_if_needed()
+    _shot(page, "shipped-3-about-desktop", full_page=False)
+    page.context.close()
+
+
+def test_shipped_model_on_a_phone(browser, shipped_url):
+    page = _open(browser, shipped_url, "shipped-phone", viewport=PHONE, fast=False)
+    two_screens = 2 * PHONE["height"]
+    _shot(page, "shipped-4-first-screen-phone", full_page=False)
+    assert _page_box(page, "#try-example")["bottom"] <= PHONE["height"]
+    assert _page_box(page, "#ref1")["bottom"] <= two_screens
+    record = page.get_by_role("button", name="Record")
+    assert record.bounding_box()["y"] + page.evaluate("window.scrollY") + 40 <= two_screens
+    assert _page_box(page, "#live-video")["top"] <= two_screens
+    _play_example(page)  # switches to the File tab
+    for selector in ("#generate", "#file-video video"):
+        box = _page_box(page, selector)
+        assert box["bottom"] <= two_screens and box["width"] <= PHONE["width"], (selector, box)
+    _assert_crisp(page, "#file-video")
+    assert not page.locator("#lipsync").is_visible()  # the plot waits behind its toggle
+    page.evaluate("() => document.querySelector('#file-video video').pause()")
+    page.locator("#file-video").scroll_into_view_if_needed()
+    _shot(page, "shipped-5-example-result-phone", full_page=False)
+    _shot(page, "shipped-6-whole-page-phone")
     page.context.close()
 
 

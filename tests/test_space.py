@@ -98,9 +98,14 @@ def test_block_size_choices_follow_the_kv_window():
 def test_about_panel_says_what_is_loaded_and_how_to_change_it(tmp_path):
     text = about_markdown(choose_model(None, tmp_path / "missing"), _stub_pipe())
     assert "preset:tiny" in text and "not there" in text and "--model" in text and "PORTRAIT_RT_MODEL" in text
-    assert "real photos" in text  # what it cannot do
+    assert "random weights" in text and "Does well" not in text  # no claims for a model that is not loaded
+    assert str(tmp_path) not in text  # no server paths
     trained = about_markdown(ModelChoice(str(BUNDLED_MODEL)), _stub_pipe())
-    assert "⚠️" not in trained and "synthetic" in trained
+    assert "⚠️" not in trained and "synthetic" in trained and "real photographs" in trained  # what it cannot do
+    assert "blink" not in trained.split("Does well")[1].split("Does not")[0]  # no eyes blink in its output
+    assert str(BUNDLED_MODEL.parent) not in trained and "`assets/portrait-rt-demo`" in trained
+    other = about_markdown(ModelChoice(str(tmp_path)), _stub_pipe())
+    assert str(tmp_path) not in other and tmp_path.name in other and "own card" in other
 
 
 # ---------------------------------------------------------------------------------------------- input checks
@@ -286,3 +291,51 @@ def test_the_browser_tests_collect_without_playwright():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode in (0, 5), out.stdout + out.stderr  # 5: every test deselected; 2 would be an import error
     assert "error" not in out.stdout.lower(), out.stdout
+
+
+# ---------------------------------------------------------------------------------------------- example, compare
+def test_the_cached_example_was_made_by_the_shipped_model():
+    """`scripts/make_preview.py` must be rerun whenever the bundled model's weights or configs change."""
+    from space.examples import EXAMPLE_MANIFEST, PREVIEW, cached_example
+
+    example = cached_example(BUNDLED_MODEL)
+    assert example is not None, (
+        f"{EXAMPLE_MANIFEST.name} does not match the weights in assets/portrait-rt-demo: run "
+        "`OMP_NUM_THREADS=1 python scripts/make_preview.py` and commit assets/preview/"
+    )
+    assert example.video.is_file() and example.plot.is_file() and "Lip sync r" in example.readout
+    assert (PREVIEW / "preview.webp").is_file()
+    for path in PREVIEW.iterdir():
+        assert path.stat().st_size < 400_000, path  # binary assets stay small
+
+
+def test_a_cached_example_is_not_used_for_another_model(tmp_path):
+    import shutil
+
+    from space.examples import cached_example, model_fingerprint
+
+    other = tmp_path / "model"
+    shutil.copytree(BUNDLED_MODEL / "scheduler", other / "scheduler")
+    assert model_fingerprint(other) != model_fingerprint(BUNDLED_MODEL)
+    assert cached_example(other) is None and cached_example("preset:tiny") is None
+
+
+def test_side_by_side_mp4_has_both_settings_and_one_audio_track(tmp_path):
+    from portrait_rt.video import ffmpeg_exe
+    from space.compare import side_by_side
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (10, 64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    audio = (0.1 * rng.standard_normal(6400)).astype(np.float32)
+    path = side_by_side(tmp_path / "ab.mp4", frames, [["A: λa 1, λr 1", "lip-sync r 0.50"], ["B", "r"]], audio, 16000)
+    info = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+    assert "Video: h264" in info and "Audio: aac" in info and info.count("Stream #") == 2
+    assert "784x428" in info  # two 64 px panels upscaled x6 (384 + 4 px on each side), under a 44 px label band
+
+
+def test_page_css_scales_video_by_whole_factors():
+    from space.layout import crisp_size, page_css
+
+    assert crisp_size(128, 384) == 384 and crisp_size(128, 320) == 256 and crisp_size(512, 384) == 512
+    css = page_css(128)
+    assert "pixelated" in css and "384px" in css and "256px" in css
