@@ -31,9 +31,18 @@ class FastPathSettings:
 
 
 def compile_repeated_blocks(pipe, backend: str = "inductor", mode: str | None = None) -> None:
-    """Regional compilation of G's and the VAE's `_repeated_blocks` (each block class compiles once per shape)."""
+    """Regional compilation of G's and the VAE's `_repeated_blocks`, each block class once per shape.
+
+    Static shapes (`dynamic=False`): a block sees few shapes (per group size; per stage in the VAE) and static kernels
+    are the fast ones (inductor's dynamic-shape lowering of the VAE's padded convolutions also fails, torch 2.13). The
+    VAE's blocks meet far more shapes (stage x first chunk or not x group size x dtype) than dynamo's default
+    recompile limit (8 per code object) allows, and with `fullgraph` hitting it is an error, so it is raised.
+    """
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 512)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4096)
     for model in (pipe.transformer, pipe.vae):
-        model.compile_repeated_blocks(fullgraph=True, backend=backend, mode=mode)
+        model.compile_repeated_blocks(fullgraph=True, dynamic=False, backend=backend, mode=mode)
 
 
 class CachedStepGraphs:

@@ -38,8 +38,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from portrait_rt.audio import is_silent, read_mono
-from portrait_rt.fast_path import CachedStepGraphs, FastPathSettings, compile_repeated_blocks
 from portrait_rt.constants import SAMPLE_RATE, SAMPLES_PER_FRAME, SPATIAL_COMPRESSION
+from portrait_rt.fast_path import CachedStepGraphs, FastPathSettings, compile_repeated_blocks
 from portrait_rt.hub import load_components
 from portrait_rt.images import frames_to_tensor, load_reference_images, tensor_to_frames
 from portrait_rt.models.audio_encoder import AudioEncoder

@@ -644,7 +644,7 @@ class FlowDiT(ModelMixin, ConfigMixin):
                 f"A block has 1..{cache.block_size} latent frames and must fit the KV window "
                 f"({cache.num_latent_frames} + {num_frames} > {cache.kv_window}); got {num_frames}."
             )
-        timestep = self._frame_timesteps(timestep, batch_size, num_frames, latents.device)  # (B, k)
+        timestep = self._frame_timesteps(timestep, batch_size, num_frames, latents.device).contiguous()  # (B, k)
         if cache.static_shapes:
             cache.position.fill_(cache.num_latent_frames)  # on the device, outside any captured graph
         return self._cached_step(cache, latents, timestep, audio_features, drop_audio, stream_start)
