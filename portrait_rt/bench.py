@@ -161,6 +161,7 @@ def run_benchmark(args: argparse.Namespace, loaded: tuple | None = None) -> dict
             "block_ms_p95": float(np.percentile([t.total_ms for t in timings], 95)),
             "components_ms": mean,
             "rss_mb": _rss_mb(),
+            "device_memory_mb": torch.cuda.memory_allocated() / 2**20 if device.type == "cuda" else None,
         }
 
     result = measure(args.blocks)
@@ -205,6 +206,7 @@ def run_benchmark(args: argparse.Namespace, loaded: tuple | None = None) -> dict
             "wall_s": time.perf_counter() - start,
             "block_ms_per_window": [m["block_ms_mean"] for m in series],
             "rss_mb_per_window": [m["rss_mb"] for m in series],
+            "device_memory_mb_per_window": [m["device_memory_mb"] for m in series],
             "block_ms_ratio_last_vs_first": series[-1]["block_ms_mean"] / series[0]["block_ms_mean"],
             "rss_ratio_last_vs_first": series[-1]["rss_mb"] / series[0]["rss_mb"],
         }

@@ -216,7 +216,7 @@ class PortraitRTPipeline(DiffusionPipeline):
         overlap_decode = cuda if overlap_decode is None else overlap_decode
         if compile:
             compile_repeated_blocks(self, backend=backend)
-        if cuda_graphs:
+        if cuda_graphs and not isinstance(self.transformer._cached_step, CachedStepGraphs):
             self.transformer._cached_step = CachedStepGraphs(self.transformer._cached_step)
         stream = torch.cuda.Stream(self._execution_device) if overlap_decode and cuda else None
         self._fast_path = FastPathSettings(compile, cuda_graphs, overlap_decode, stream)
