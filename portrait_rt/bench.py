@@ -37,6 +37,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)")
     parser.add_argument("--compile", default=None, help="torch.compile backend for the per-block paths (inductor)")
     parser.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead (CUDA graphs), max-autotune")
+    parser.add_argument(
+        "--fast-path",
+        action="store_true",
+        help="pipe.enable_fast_path() (regional compile, static KV shapes, CUDA graphs, decode overlap) + warm_up",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON here")
 
 
@@ -91,14 +96,22 @@ def transformer_flops_per_block(pipe, group) -> float:
 KNOWN_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10G": 125.0, "RTX 4090": 165.0}
 
 
-def run_benchmark(args: argparse.Namespace) -> dict:
-    pipe, choice = load_from_args(args)
+def run_benchmark(args: argparse.Namespace, loaded: tuple | None = None) -> dict:
+    """The benchmark of `args`; `loaded`: an already loaded `(pipe, choice)` (with `--fast-path`, one on which
+    `enable_fast_path()` already ran is reused as it is)."""
+    pipe, choice = loaded or load_from_args(args)
     device = pipe.device
     if args.compile:
         pipe.compile_streaming(backend=args.compile, mode=args.compile_mode)
     guidance = 1.0 if args.no_guidance else args.guidance
     res = pipe.resolution
     refs = [np.random.default_rng(i).integers(0, 255, (res, res, 3), dtype=np.uint8) for i in range(2)]
+    warmup_s = None
+    if getattr(args, "fast_path", False):
+        if pipe._fast_path is None:
+            pipe.enable_fast_path()
+        settings = {"guidance_audio": guidance, "guidance_reference": guidance, "num_inference_steps": args.steps}
+        warmup_s = pipe.warm_up(args.streams, len(refs), args.block_size, **settings)
     generators = [torch.Generator().manual_seed(i) for i in range(args.streams)]
     group = pipe.start_streams(
         [refs] * args.streams,
@@ -148,6 +161,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "block_ms_p95": float(np.percentile([t.total_ms for t in timings], 95)),
             "components_ms": mean,
             "rss_mb": _rss_mb(),
+            "device_memory_mb": torch.cuda.memory_allocated() / 2**20 if device.type == "cuda" else None,
         }
 
     result = measure(args.blocks)
@@ -163,6 +177,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "dtype": str(pipe.transformer.dtype).removeprefix("torch."),
         "compile": args.compile,
         "compile_mode": args.compile_mode,
+        "fast_path": bool(getattr(args, "fast_path", False)),
+        "warmup_s": warmup_s,  # the fast path's compile + a throwaway window before the measured group starts
         "resolution": res,
         "steps": args.steps,
         "guidance": guidance,
@@ -190,6 +206,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "wall_s": time.perf_counter() - start,
             "block_ms_per_window": [m["block_ms_mean"] for m in series],
             "rss_mb_per_window": [m["rss_mb"] for m in series],
+            "device_memory_mb_per_window": [m["device_memory_mb"] for m in series],
             "block_ms_ratio_last_vs_first": series[-1]["block_ms_mean"] / series[0]["block_ms_mean"],
             "rss_ratio_last_vs_first": series[-1]["rss_mb"] / series[0]["rss_mb"],
         }

@@ -40,6 +40,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .audio import is_silent, read_mono
 from .constants import SAMPLE_RATE, SAMPLES_PER_FRAME, SPATIAL_COMPRESSION
+from .fast_path import CachedStepGraphs, FastPathSettings, compile_repeated_blocks
 from .hub import load_components
 from .images import frames_to_tensor, load_reference_images, tensor_to_frames
 from .audio_encoder import AudioEncoder
@@ -99,6 +100,39 @@ def cfg_combine(v: torch.Tensor, guidance_audio: float, guidance_reference: floa
     return out
 
 
+@dataclass
+class _PendingBlock:
+    """A generated block whose decode may still run (on `decode_stream`); `records()` waits for it."""
+
+    video: torch.Tensor  # (streams, 3, n, H, W)
+    decode_stream: torch.cuda.Stream | None
+    latents: torch.Tensor  # kept alive until the decode, on another stream, has read them
+    audio: list[BlockAudio]
+    block: int
+    first_frame: int
+    start: float  # perf_counter at the block's start
+    decode_start: float  # ... when its decode was queued
+    step_ms: dict[str, float]  # denoise_ms, kv_ms
+
+    def records(self) -> list[BlockRecord]:
+        with torch.cuda.stream(self.decode_stream):  # the copy to the host waits for the decode stream only
+            frames = tensor_to_frames(self.video.transpose(1, 2))  # (streams, n, H, W, 3)
+        end = time.perf_counter()
+        step = {**self.step_ms, "decode_ms": (end - self.decode_start) * 1e3}
+        latency_ms = (end - self.start) * 1e3
+        return [
+            BlockRecord(
+                frames=frames[i],
+                audio=a.samples,
+                first_frame=self.first_frame,
+                timing=BlockTiming(
+                    self.block, frames.shape[1], audio_ms=a.encode_ms, latency_ms=a.encode_ms + latency_ms, **step
+                ),
+            )
+            for i, a in enumerate(self.audio)
+        ]
+
+
 class PortraitRTPipeline(DiffusionPipeline):
     """Audio-driven talking portraits from 1-3 reference images (the paper's VAE + blockwise autoregressive DiT).
 
@@ -118,6 +152,7 @@ class PortraitRTPipeline(DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(vae=vae, transformer=transformer, audio_encoder=audio_encoder, scheduler=scheduler)
+        self._fast_path: FastPathSettings | None = None  # `enable_fast_path`
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -161,6 +196,49 @@ class PortraitRTPipeline(DiffusionPipeline):
         self.transformer.forward_cached = torch.compile(self.transformer.forward_cached, **options)
         self.transformer.update_cache = torch.compile(self.transformer.update_cache, **options)
         self.vae.decode_chunk = torch.compile(self.vae.decode_chunk, **options)
+
+    def enable_fast_path(
+        self,
+        compile: bool = True,
+        backend: str = "inductor",
+        cuda_graphs: bool | None = None,
+        overlap_decode: bool | None = None,
+    ) -> None:
+        """The fast path (`portrait_rt.fast_path`), in one call, for streams started after it; eager is the reference
+        it is tested against. Call after moving the pipeline to its device.
+
+        Static-shape KV caches always; regional compilation of G's and the VAE's repeated blocks with `compile`;
+        CUDA graphs of G's cached passes and decode of block i overlapped with G of block i + 1 on a second CUDA
+        stream, both by default on CUDA only (`overlap_decode=True` on the CPU keeps the order, not the gain).
+        Every shape compiles and every group captures its graphs on first use: see `warm_up`.
+        """
+        cuda = self._execution_device.type == "cuda"
+        cuda_graphs = cuda if cuda_graphs is None else cuda_graphs and cuda
+        overlap_decode = cuda if overlap_decode is None else overlap_decode
+        if compile:
+            compile_repeated_blocks(self, backend=backend)
+        if cuda_graphs and not isinstance(self.transformer._cached_step, CachedStepGraphs):
+            self.transformer._cached_step = CachedStepGraphs(self.transformer._cached_step)
+        stream = torch.cuda.Stream(self._execution_device) if overlap_decode and cuda else None
+        self._fast_path = FastPathSettings(compile, cuda_graphs, overlap_decode, stream)
+
+    @torch.no_grad()
+    def warm_up(self, num_streams: int = 1, num_references: int = 1, block_size: int | None = None, **settings):
+        """Run a throwaway group of `num_streams` through one KV window and past its reset (every window position,
+        first block and re-feed), so that the groups of that size that follow run compiled code from their first
+        block. Returns the seconds it took. `settings`: guidance and steps, as for `start_streams`."""
+        start = time.perf_counter()
+        res = self.resolution
+        refs = [np.full((res, res, 3), 128, np.uint8)] * num_references
+        group = self.start_streams([refs] * num_streams, block_size=block_size, **settings)
+        blocks = group.settings.kv_window // group.settings.block_size + 1
+        frames = sum(group.position.block_video_frames(i) for i in range(blocks))
+        frames += self.audio_encoder.config.lookahead_frames
+        noise = np.random.default_rng(0).standard_normal(frames * SAMPLES_PER_FRAME).astype(np.float32) * 0.1
+        self.feed_group(group, [(noise, SAMPLE_RATE)] * num_streams)
+        if self._execution_device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
     # ------------------------------------------------------------------ validation
     def check_inputs(
@@ -229,7 +307,14 @@ class PortraitRTPipeline(DiffusionPipeline):
         z_r = (z_r - self.vae.config.shift_factor) * self.vae.config.scaling_factor
         rows, h = settings.num_cfg_rows, self.resolution // SPATIAL_COMPRESSION
         cache = self.transformer.init_kv_cache(
-            len(refs) * rows, refs[0].shape[0], (h, h), kv_window, block_size, device=device, dtype=dtype
+            len(refs) * rows,
+            refs[0].shape[0],
+            (h, h),
+            kv_window,
+            block_size,
+            device=device,
+            dtype=dtype,
+            static_shapes=self._fast_path is not None,
         )
         drop_reference = torch.tensor([drop for _, drop in settings.cfg_rows] * len(refs), device=device)
         self.transformer.prefill_references(
@@ -335,20 +420,34 @@ class PortraitRTPipeline(DiffusionPipeline):
         self, group: StreamGroup, chunks: list[tuple[np.ndarray, int] | None] | None = None, final: bool = False
     ) -> Iterator[list[BlockRecord]]:
         """The one block loop: add `chunks` (one per stream, or None), then, while every stream of `group` has its
-        next block's audio, generate that block for all of them at once. With `final` (flush) the audio has ended."""
+        next block's audio, generate that block for all of them at once. With `final` (flush) the audio has ended.
+
+        With the fast path's decode overlap, block i is yielded once G of block i + 1 is queued (if its audio is
+        there; else at once): the GPU decodes one block while it denoises the next."""
         for stream, chunk in zip(group.streams, chunks or []):
             if chunk is not None:
                 stream.audio.push(*chunk)
+        overlap = self._fast_path is not None and self._fast_path.overlap_decode
+        pending: _PendingBlock | None = None  # the previous block, still decoding (decode overlap)
         while True:
             first, n = group.position.video_frames, group.position.block_video_frames()
             audio = [stream.audio.take_block(first, n, self.audio_encoder, final) for stream in group.streams]
             if any(a is None for a in audio):
-                return
-            yield self._generate_block(group, audio)
+                break
+            block = self._generate_block(group, audio)
+            if pending is not None:  # G of this block is queued: the GPU runs it while the last decode finishes
+                yield pending.records()
+            pending = block
+            if not overlap:
+                yield pending.records()
+                pending = None
+        if pending is not None:
+            yield pending.records()
 
-    def _generate_block(self, group: StreamGroup, audio: list[BlockAudio]) -> list[BlockRecord]:
+    def _generate_block(self, group: StreamGroup, audio: list[BlockAudio]) -> _PendingBlock:
         """Algorithm 2 steps 2-4 for the next block of every stream of `group`: one forward of G over all their CFG
-        rows per Euler step, the t = 0 KV pass, one decode with every stream's decoder caches stacked."""
+        rows per Euler step, the t = 0 KV pass, one decode with every stream's decoder caches stacked. The work is
+        queued (on CUDA, the decode on the fast path's decode stream); `records()` of the result waits for it."""
         start = time.perf_counter()
         dit, vae, settings = self.transformer, self.vae, group.settings
         rows, device, dtype = settings.num_cfg_rows, self._execution_device, dit.dtype
@@ -375,25 +474,17 @@ class PortraitRTPipeline(DiffusionPipeline):
         t2 = time.perf_counter()
 
         # 4. Causal decoding of all streams at once, with their reference features, carrying their decoder caches.
-        z = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        video, group.decoder_cache = vae.decode_chunk(z, group.reference_features, cache=group.decoder_cache)
-        frames = tensor_to_frames(video.transpose(1, 2))  # (streams, n, H, W, 3)
-        t3 = time.perf_counter()
+        decode_stream = self._fast_path.decode_stream if self._fast_path is not None else None
+        if decode_stream is not None:
+            decode_stream.wait_stream(torch.cuda.current_stream(device))  # the latents are ready
+        with torch.cuda.stream(decode_stream):  # None: the current stream
+            z = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+            video, group.decoder_cache = vae.decode_chunk(z, group.reference_features, cache=group.decoder_cache)
 
         block, first = group.position.block_index, group.position.video_frames
         group.position.advance()
-        step = {"denoise_ms": (t1 - start) * 1e3, "kv_ms": (t2 - t1) * 1e3, "decode_ms": (t3 - t2) * 1e3}
-        return [
-            BlockRecord(
-                frames=frames[i],
-                audio=a.samples,
-                first_frame=first,
-                timing=BlockTiming(
-                    block, frames.shape[1], audio_ms=a.encode_ms, latency_ms=a.encode_ms + (t3 - start) * 1e3, **step
-                ),
-            )
-            for i, a in enumerate(audio)
-        ]
+        step = {"denoise_ms": (t1 - start) * 1e3, "kv_ms": (t2 - t1) * 1e3}
+        return _PendingBlock(video, decode_stream, latents, audio, block, first, start, t2, step)
 
     # ------------------------------------------------------------------ offline
     @torch.no_grad()

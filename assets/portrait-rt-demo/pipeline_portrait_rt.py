@@ -7,6 +7,7 @@ relative. diffusers copies only the modules a remote-code file imports itself, s
 from .audio import __name__ as _  # noqa: F401
 from .audio_encoder import __name__ as _  # noqa: F401
 from .constants import __name__ as _  # noqa: F401
+from .fast_path import __name__ as _  # noqa: F401
 from .hub import __name__ as _  # noqa: F401
 from .images import __name__ as _  # noqa: F401
 from .presets import __name__ as _  # noqa: F401

@@ -130,6 +130,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["CausalResBlock", "ReferenceTransformerBlock"]
+    _repeated_blocks = ["CausalResBlock", "UpsampleBlock3d", "ReferenceTransformerBlock"]  # regional compilation
 
     @register_to_config
     def __init__(

@@ -21,7 +21,7 @@ Two entry points:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -75,7 +75,9 @@ class FlowDiTAttnProcessor:
     With `kv_cache=(key_buffer, value_buffer, offset)` the new keys/values are written into the buffers at
     `offset` and attention reads the buffer prefix `[:offset + S]`: cached context plus the tokens in flight, without
     a `torch.cat` per layer and step. Writing past the cache's valid length is scratch space; only
-    `FlowDiT.update_cache` advances that length.
+    `FlowDiT.update_cache` advances that length. With a 0-d tensor `offset` (a `KVCache` with `static_shapes`),
+    attention reads the whole buffer and the caller's `attention_mask` hides what lies past `offset + S`: every
+    window position then runs the same shapes, so one compiled graph and one CUDA graph serve them all.
     """
 
     _attention_backend = None
@@ -97,10 +99,16 @@ class FlowDiTAttnProcessor:
 
         if kv_cache is not None:
             key_buffer, value_buffer, offset = kv_cache
-            end = offset + key.shape[1]
-            key_buffer[:, offset:end] = key
-            value_buffer[:, offset:end] = value
-            key, value = key_buffer[:, :end], value_buffer[:, :end]  # (B, offset + S, H, Dh)
+            if isinstance(offset, torch.Tensor):  # static shapes: write at a device offset, read the whole buffer
+                index = offset + torch.arange(key.shape[1], device=key.device)
+                key_buffer.index_copy_(1, index, key.to(key_buffer.dtype))
+                value_buffer.index_copy_(1, index, value.to(value_buffer.dtype))
+                key, value = key_buffer, value_buffer  # (B, N, H, Dh); `attention_mask` hides [offset + S, N)
+            else:
+                end = offset + key.shape[1]
+                key_buffer[:, offset:end] = key
+                value_buffer[:, offset:end] = value
+                key, value = key_buffer[:, :end], value_buffer[:, :end]  # (B, offset + S, H, Dh)
 
         hidden_states = dispatch_attention_fn(
             query,
@@ -248,6 +256,16 @@ class KVCache:
     num_latent_frames: int = 0
     stream_start: bool = True
     references_ready: bool = False
+    # Static shapes (the fast path): `num_latent_frames` mirrored in a 0-d device tensor that G reads, so the pass
+    # at every window position runs the same kernels on the same buffers (see `FlowDiTAttnProcessor`).
+    position: torch.Tensor | None = None
+    # CUDA graphs captured over this cache's buffers (`portrait_rt.fast_path`); they live and die with the cache.
+    graphs: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def static_shapes(self) -> bool:
+        """G attends over the whole buffer with a length mask instead of the valid prefix (one shape per block)."""
+        return self.position is not None
 
     def advance(self, num_latent_frames: int) -> None:
         """The block just written at the window's end is now valid context for the next ones."""
@@ -266,7 +284,13 @@ class KVCache:
     def select_rows(self, rows: list[int]) -> KVCache:
         """A new cache of only `rows` (copied) at the same window position: a stream leaving a group takes its rows."""
         index = torch.tensor(rows, device=self.key.device)
-        return dataclasses.replace(self, key=self.key.index_select(1, index), value=self.value.index_select(1, index))
+        return dataclasses.replace(
+            self,
+            key=self.key.index_select(1, index),
+            value=self.value.index_select(1, index),
+            position=None if self.position is None else self.position.clone(),
+            graphs={},
+        )
 
     @property
     def batch_size(self) -> int:
@@ -302,6 +326,7 @@ class FlowDiT(ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["FlowDiTBlock"]
+    _repeated_blocks = ["FlowDiTBlock"]  # diffusers' regional compilation (`compile_repeated_blocks`)
     _keep_in_fp32_modules = ["time_embedder", "scale_shift_table", "norm1", "norm2", "norm_out"]
 
     @register_to_config
@@ -543,8 +568,13 @@ class FlowDiT(ModelMixin, ConfigMixin):
         block_size: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        static_shapes: bool = False,
     ) -> KVCache:
-        """Preallocate a KV cache (static shapes): B rows (every CFG row of every stream), M references each."""
+        """Preallocate a KV cache: B rows (every CFG row of every stream), M references each.
+
+        With `static_shapes`, G attends over the whole buffer with a length mask, so the passes at every window
+        position share one shape (one compiled graph, one CUDA graph); without, over the valid prefix (less work
+        early in a window, for eager runs)."""
         kv_window = kv_window or self.config.kv_window
         block_size = block_size or self.config.block_size
         if not 1 <= num_references <= MAX_REFERENCES:
@@ -563,6 +593,7 @@ class FlowDiT(ModelMixin, ConfigMixin):
             latent_size=(height, width),
             block_size=block_size,
             kv_window=kv_window,
+            position=torch.zeros((), dtype=torch.long, device=kwargs["device"]) if static_shapes else None,
         )
 
     def _layer_caches(self, cache: KVCache, offset: int) -> list[LayerKV]:
@@ -599,8 +630,8 @@ class FlowDiT(ModelMixin, ConfigMixin):
         audio_features: torch.Tensor,
         drop_audio: torch.Tensor | None,
         stream_start: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run one block at the cache's next window position; its K/V land right after the valid prefix."""
+    ) -> torch.Tensor:
+        """Run one block at the cache's next window position (its K/V land right after the valid prefix): v."""
         batch_size, _, num_frames, height, width = latents.shape
         if not cache.references_ready:
             raise ValueError("Call prefill_references(cache, reference_latents) before generating blocks.")
@@ -614,18 +645,43 @@ class FlowDiT(ModelMixin, ConfigMixin):
                 f"A block has 1..{cache.block_size} latent frames and must fit the KV window "
                 f"({cache.num_latent_frames} + {num_frames} > {cache.kv_window}); got {num_frames}."
             )
+        timestep = self._frame_timesteps(timestep, batch_size, num_frames, latents.device).contiguous()  # (B, k)
+        if cache.static_shapes:
+            cache.position.fill_(cache.num_latent_frames)  # on the device, outside any captured graph
+        return self._cached_step(cache, latents, timestep, audio_features, drop_audio, stream_start)
+
+    def _cached_step(
+        self,
+        cache: KVCache,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        audio_features: torch.Tensor,
+        drop_audio: torch.Tensor | None,
+        stream_start: bool,
+    ) -> torch.Tensor:
+        """The tensor work of `_cached_pass` (checked inputs, (B, k) `timestep`): with `cache.static_shapes` it reads
+        no Python state that changes along a stream, so the fast path can capture it as one CUDA graph."""
+        _, _, num_frames, height, width = latents.shape
         device = latents.device
         audio = self._embed_audio(audio_features, num_frames, stream_start, drop_audio)  # (B, k, Dae)
         hidden_states = self._embed_video(latents, audio, stream_start)  # (B, k*h*w, D)
-        temb, temb_proj = self._embed_timestep(self._frame_timesteps(timestep, batch_size, num_frames, device))
+        temb, temb_proj = self._embed_timestep(timestep)
         temb_proj = temb_proj.repeat_interleave(height * width, dim=1)  # (B, k*h*w, 6, D)
-        positions = FIRST_VIDEO_FRAME_POSITION + cache.num_latent_frames + torch.arange(num_frames, device=device)
+        if cache.static_shapes:
+            window_frame = cache.position  # 0-d device tensor
+            offset = cache.num_reference_tokens + window_frame * cache.tokens_per_frame
+            tokens = torch.arange(cache.key.shape[2], device=device)
+            mask = (tokens < offset + num_frames * height * width)[None, None, None]  # (1, 1, 1, N): valid + block
+        else:
+            window_frame = cache.num_latent_frames
+            offset = cache.num_reference_tokens + window_frame * cache.tokens_per_frame
+            mask = None
+        positions = FIRST_VIDEO_FRAME_POSITION + window_frame + torch.arange(num_frames, device=device)
         rotary_emb = self.rope(positions, height, width)
-        offset = cache.num_reference_tokens + cache.num_latent_frames * cache.tokens_per_frame
         hidden_states = self._run_blocks(
-            hidden_states, temb_proj, rotary_emb, kv_caches=self._layer_caches(cache, offset)
+            hidden_states, temb_proj, rotary_emb, attention_mask=mask, kv_caches=self._layer_caches(cache, offset)
         )
-        return hidden_states, temb
+        return self._head(hidden_states, temb, latents.shape)
 
     def forward_cached(
         self,
@@ -641,10 +697,7 @@ class FlowDiT(ModelMixin, ConfigMixin):
         for the stream's first block, else 4k. Leaves the cache's state unchanged (it only uses the scratch slots
         past the valid prefix). Returns v (B, C_out, k, h, w).
         """
-        hidden_states, temb = self._cached_pass(
-            cache, latents, timestep, audio_features, drop_audio, cache.stream_start
-        )
-        return self._head(hidden_states, temb, latents.shape)
+        return self._cached_pass(cache, latents, timestep, audio_features, drop_audio, cache.stream_start)
 
     def update_cache(
         self,
