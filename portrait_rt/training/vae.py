@@ -32,9 +32,9 @@ from the pixel loss alone (a bilinear warp's gradient sees about a pixel, and th
 keeps the reference's pose. Each step, OpenCV's Farneback optical flow from every target frame to every reference
 (where the reference's pixel for each target pixel is, found on the ground truth: a teacher) supervises the head's
 flow with an L1 weighted F, where the reference warped by it matches the target (mouths that changed and uncovered
-background are left out). Measured on the demo VAE: the teacher's warp matches the target at 30 dB, but the head
-did not learn it (the decoder's pre-warp frame it looks at is too blurred to locate the head; the model card has the
-figures). Needs opencv (`pip install 'portrait-rt[train]'`).
+background are left out). Measured on the demo VAE: the teacher's warp matches the target at 30 dB, but the H/4 head
+did not learn it (the pre-warp frame it looks at is blurred, and the motion is under one of its cells; the model card
+has the figures). Needs opencv (`pip install 'portrait-rt[train]'`).
 
 Growing a trained VAE: `--init-from FOLDER --config-json '{"ref_warp_channels": 32}'` builds the VAE with the changed
 config and loads every trained weight into it; only new modules (the reference warp) start from their own
