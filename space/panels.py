@@ -34,15 +34,16 @@ def speed_readout(timings: list[BlockTiming], frames: int | None = None, lag_s: 
     return text
 
 
-def lipsync_plot(frames: np.ndarray, audio: np.ndarray, out_dir: str | os.PathLike) -> tuple[Path | None, str]:
+def lipsync_plot(mouth: np.ndarray, audio: np.ndarray, out_dir: str | os.PathLike) -> tuple[Path | None, str]:
     """The eval tools' lip-sync report of a generated clip: its PNG plot (None if too short) and a one-line summary.
 
-    Mouth opening measured on the video against the opening the audio implies, and the best audio-video offset.
+    `mouth`: the opening measured on each frame as the blocks were made (`mouth_opening`), against the opening the
+    audio implies, and the best audio-video offset.
     """
-    from portrait_rt.eval import evaluate_video, plot_report
+    from portrait_rt.eval import lipsync_report, plot_report
 
     try:
-        report = evaluate_video(frames, audio, SAMPLE_RATE)
+        report = lipsync_report(mouth, audio, SAMPLE_RATE)
     except ValueError as err:  # too short for the offset search
         return None, f"Lip sync not measured: {err}."
     path = plot_report(report, Path(out_dir) / "lipsync.png")
