@@ -58,7 +58,7 @@ def to_float_mono(samples: np.ndarray, allow_empty: bool = False) -> np.ndarray:
 
     # Integer PCM -> float in [-1, 1] first, then average the channels.
     kind, bits = samples.dtype.kind, 8 * samples.dtype.itemsize
-    x = samples.astype(np.float64)
+    x = samples.astype(np.float32, copy=False)  # float32 is exact for 16-bit PCM and halves a long clip's copies
     if kind == "u":
         x = (x - 2.0 ** (bits - 1)) / 2.0 ** (bits - 1)
     elif kind == "i":
@@ -81,7 +81,7 @@ def to_float_mono(samples: np.ndarray, allow_empty: bool = False) -> np.ndarray:
             f"Float audio peaks at {peak:.3g}, far outside [-1, 1]; if these are int16 PCM values stored as float, "
             "divide by 32768 (or pass the int16 array as is)."
         )
-    return np.clip(x, -1.0, 1.0).astype(np.float32)
+    return np.clip(x, -1.0, 1.0).astype(np.float32, copy=False)
 
 
 def mix_channels(x: np.ndarray) -> np.ndarray:
@@ -92,7 +92,7 @@ def mix_channels(x: np.ndarray) -> np.ndarray:
     """
     clean = np.where(np.isfinite(x), x, 0.0)
     loudest = clean[np.argmax(np.square(clean).sum(axis=1))]
-    signs = np.where(clean @ loudest < 0, -1.0, 1.0)  # (C,)
+    signs = np.where(clean @ loudest < 0, -1.0, 1.0).astype(x.dtype)  # (C,)
     with np.errstate(invalid="ignore"):
         return (x * signs[:, None]).mean(axis=0)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from portrait_rt.audio import read_mono
+from portrait_rt.audio import is_silent, read_mono
 from portrait_rt.constants import MAX_REFERENCES
 from portrait_rt.images import load_image
 
@@ -53,7 +53,10 @@ def load_speech(audio, max_seconds: float, field: str = "Speech audio") -> tuple
     with user_errors(field):
         if audio is None or (isinstance(audio, str) and not audio):
             raise ValueError("upload a speech audio file (wav, mp3, flac, ogg...) or pick an example below.")
-        return read_mono(audio, max_seconds)
+        samples, rate = read_mono(audio, max_seconds)
+        if is_silent(samples):
+            raise ValueError("it is silent; upload a recording of speech for the portrait to say.")
+        return samples, rate
 
 
 def _accepts(component) -> str:
