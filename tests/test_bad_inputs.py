@@ -28,7 +28,19 @@ from tests.test_app import ROOT, _free_port
 EXAMPLES = ROOT / "assets" / "examples"
 MAX_AUDIO_S = 6  # the server's clip limit here (PORTRAIT_RT_MAX_AUDIO_S)
 MAX_UPLOAD_MB = 1
-JARGON = ("/tmp", "traceback", "errno", "ffmpeg", "pillow", "pil ", "libsndfile", "dbfs", "<class", "nonetype", "400")
+JARGON = (
+    "/tmp",
+    "traceback",
+    "errno",
+    "ffmpeg",
+    "pillow",
+    "pil ",
+    "libsndfile",
+    "dbfs",
+    "<class",
+    "nonetype",
+    "bad request",
+)
 
 # ----------------------------------------------------------------------------------------------------- inputs
 RATE = 16000
@@ -126,7 +138,7 @@ def _files(d: Path) -> dict[str, Path]:
 # ----------------------------------------------------------------------------------------------------- the table
 GOOD = {"ref1": "rgb", "ref2": None, "ref3": None, "audio": "speech"}
 SETTINGS = {"guidance_audio": 2, "guidance_reference": 2, "steps": 1, "seed": 0, "block_size": 2}
-WORKS = ("works", None)
+_FILE = {"_type": "gradio.FileData"}
 
 
 def case(expect, field=None, **change):
@@ -204,12 +216,11 @@ CASES = {
     "block size '4' (a string)": case("error", "Block size", block_size="4"),
     "block size 3": case("error", "Block size", block_size=3),
     "block size missing": case("error", "Block size", block_size=None),
-    # path strings and oversize uploads
-    "reference /etc/passwd": case("refused", ref1={"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}),
-    "audio ../../etc/passwd": case(
-        "refused", audio={"path": "../../../../etc/passwd", "meta": {"_type": "gradio.FileData"}}
-    ),
-    "reference app.py": case("refused", ref1={"path": str(ROOT / "app.py"), "meta": {"_type": "gradio.FileData"}}),
+    # path strings (gradio_client uploads the named file from the caller's machine: the server reads only that copy)
+    # and oversize uploads
+    "reference /etc/passwd": case("error", "Reference 1", ref1={"path": "/etc/passwd", "meta": _FILE}),
+    "audio ../../etc/passwd": case("error", "Speech audio", audio={"path": "../../../../etc/passwd", "meta": _FILE}),
+    "reference app.py": case("error", "Reference 1", ref1={"path": str(ROOT / "app.py"), "meta": _FILE}),
     "upload over the size limit": case("refused", ref1="oversize_upload"),
 }
 
@@ -296,14 +307,23 @@ def test_every_bad_input_has_its_exact_outcome(server):
             lowered = message.lower()
             if c["field"] not in message or any(word in lowered for word in JARGON):
                 wrong.append(f"{name}: unclear error: {message}")
-        elif got == "refused":
-            assert "root:" not in message  # /etc/passwd's content never comes back
+        assert "root:" not in message  # /etc/passwd's content never comes back
         if c["expect"] != "works":  # a good request still works after every bad one
             assert _outcome(client, files, {})[0] == "works", f"the app stopped serving after {name!r}"
     summary = {k: sum(got == k for got, _ in results.values()) for k in ("works", "error", "refused")}
     print(f"\n{len(CASES)} cases: {summary}")
     assert len(CASES) >= 60
     assert not wrong, "\n".join(wrong)
+
+
+def test_server_files_are_not_served(server):
+    import urllib.error
+    import urllib.request
+
+    _, _, url = server
+    for probe_path in ("/etc/passwd", "../../../../etc/passwd", str(ROOT / "app.py")):
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"{url}gradio_api/file={probe_path}", timeout=10)
 
 
 def test_one_session_cannot_fill_the_queue(server):
