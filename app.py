@@ -18,17 +18,30 @@ import argparse
 import os
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import spaces
 from PIL import Image
 
+from portrait_rt.constants import SAMPLE_RATE
+from portrait_rt.eval.metrics import mouth_opening
 from portrait_rt.loading import ModelChoice, add_model_arguments, load_from_args
-from portrait_rt.video import write_video
+from portrait_rt.video import VideoWriter
+from space import limits
 from space.compare import side_by_side
 from space.examples import EXAMPLE_PORTRAIT, EXAMPLE_SPEECH, PREVIEW, cached_example
-from space.inputs import collect_references, make_generator, require_audio, user_errors
+from space.inputs import (
+    check_setting,
+    collect_references,
+    field_checks,
+    load_speech,
+    make_generator,
+    user_errors,
+)
 from space.layout import INTRO, page_css
 from space.live import LiveSession, LiveStream, run_live
 from space.panels import about_markdown, block_size_choices, lipsync_plot, lipsync_r, speed_readout
@@ -38,77 +51,111 @@ EXAMPLES = HERE / "assets" / "examples"
 LIVE_TIME_LIMIT_S = 120  # one live stream's maximum length
 STREAM_EVERY_S = 0.25  # microphone chunk period
 MAX_LIVE_STREAMS = int(os.environ.get("PORTRAIT_RT_LIVE_STREAMS", "2"))  # concurrent live streams (all users)
+FIRST_AUDIO_S = 3.0  # a live stream whose first microphone chunk has not come by then is given up
 
 OUTPUTS = tempfile.TemporaryDirectory(prefix="portrait-rt-")  # this process's videos and plots, removed at exit
 PIPE = None  # the pipeline, loaded once in main(); per-user state lives in gr.State, never here
 
 
 def reference_image(index: int, kind: str) -> gr.Image:
-    """A reference slot that answers a file it cannot open with a clear message rather than a traceback.
+    """A reference slot that hands the uploaded file over untouched (`image_mode=None`): the project's loader reads
+    16-bit, float, palette, transparent, CMYK and EXIF-rotated images correctly, and names the slot in its errors.
 
     (Wrapping the instance's `preprocess` rather than subclassing: Gradio writes a `.pyi` stub beside any module that
     defines a component class.)
     """
     label = f"Reference {index} ({kind})"
-    image = gr.Image(label=label, type="filepath", sources=["upload"], height=220, elem_id=f"ref{index}")
+    image = gr.Image(
+        label=label, type="filepath", image_mode=None, sources=["upload"], height=220, elem_id=f"ref{index}"
+    )
     preprocess = image.preprocess
 
     def checked(payload):
         try:
             return preprocess(payload)
-        except Image.DecompressionBombError:
-            raise gr.Error("That image is far too large; upload a portrait under 40 megapixels.") from None
-        except (OSError, SyntaxError):
-            name = getattr(payload, "orig_name", None) or "That file"
-            raise gr.Error(f"{name} is not an image this app can read; upload a PNG, JPEG or WebP portrait.") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            return payload.path  # Gradio could not open it: the project's loader says what is wrong, in our words
 
     image.preprocess = checked
     return image
 
 
 # ---------------------------------------------------------------------------------------------- GPU entry points
-def _generate(refs, audio, guidance_audio, guidance_reference, steps, seed, block_size, name: str):
-    """One offline generation -> (mp4 path, pipeline output)."""
+@dataclass
+class Generated:
+    """What File/Compare keep of a generation: never the frames (they go to the mp4 block by block)."""
+
+    audio: np.ndarray  # the model-rate audio that drove the video
+    mouth: np.ndarray  # mouth opening measured per frame, for the lip-sync plot
+    timings: list
+    num_frames: int
+
+
+def _generate(refs, audio, guidance_audio, guidance_reference, steps, seed, block_size, name: str, session=None):
+    """One offline generation -> (mp4 path, `Generated`), in memory that does not grow with the clip: each block goes
+    to the mp4 writer and the lip-sync measure as it is made. `session`: the Gradio session whose folder it goes to."""
+    speech = load_speech(audio, limits.MAX_AUDIO_S)
+    with user_errors("Seed"):
+        generator = make_generator(seed)
     with user_errors():
-        out = PIPE(
-            reference_images=collect_references(*refs),
-            audio=require_audio(audio),
+        blocks = PIPE.generate_blocks(
+            reference_images=collect_references(*refs, resolution=PIPE.resolution),
+            audio=speech,
             guidance_audio=float(guidance_audio),
             guidance_reference=float(guidance_reference),
             num_inference_steps=int(steps),
-            generator=make_generator(seed),
+            generator=generator,
             block_size=int(block_size),
         )
-    path = Path(tempfile.mkdtemp(dir=OUTPUTS.name)) / f"{name}.mp4"
-    return write_video(path, out.frames, out.audio, out.sample_rate), out
+        path = Path(tempfile.mkdtemp(dir=limits.session_folder(OUTPUTS.name, session))) / f"{name}.mp4"
+        audio_parts, mouth, timings = [], [], []
+        with VideoWriter(path) as writer:
+            for record in blocks:
+                writer.write(record.frames, record.audio)
+                audio_parts.append(record.audio)
+                mouth.append(mouth_opening(record.frames))
+                timings.append(record.timing)
+    mouth = np.concatenate(mouth)
+    return path, Generated(np.concatenate(audio_parts), mouth, timings, len(mouth))
 
 
 @spaces.GPU(duration=120)
 def generate(
-    ref1,
-    ref2,
-    ref3,
-    audio,
+    reference_1,
+    reference_2,
+    reference_3,
+    speech_audio,
     guidance_audio,
     guidance_reference,
     steps,
     seed,
     block_size,
+    request: gr.Request,
     progress=gr.Progress(track_tqdm=True),
 ):
     """File mode: the whole clip -> an mp4 with the audio, the lip-sync plot and a speed readout."""
-    refs = (ref1, ref2, ref3)
-    path, out = _generate(refs, audio, guidance_audio, guidance_reference, steps, seed, block_size, "portrait-rt")
-    plot, sync = lipsync_plot(out.frames, out.audio, path.parent)
-    return str(path), plot and str(plot), f"{speed_readout(out.timings, len(out.frames))}\n\n{sync}"
+    refs = (reference_1, reference_2, reference_3)
+    path, out = _generate(
+        refs,
+        speech_audio,
+        guidance_audio,
+        guidance_reference,
+        steps,
+        seed,
+        block_size,
+        "portrait-rt",
+        session=request.session_hash,
+    )
+    plot, sync = lipsync_plot(out.mouth, out.audio, path.parent)
+    return str(path), plot and str(plot), f"{speed_readout(out.timings, out.num_frames)}\n\n{sync}"
 
 
 @spaces.GPU(duration=240)
 def compare(
-    ref1,
-    ref2,
-    ref3,
-    audio,
+    reference_1,
+    reference_2,
+    reference_3,
+    speech_audio,
     guidance_audio_a,
     guidance_reference_a,
     guidance_audio_b,
@@ -116,43 +163,63 @@ def compare(
     steps,
     seed,
     block_size,
+    request: gr.Request,
     progress=gr.Progress(),
 ):
     """The same references, audio and seed at two guidance settings (audio, reference): each setting's mp4, both
     side by side in one mp4 (labelled with their guidance and lip-sync r, one shared audio track), and a readout."""
-    refs, results = (ref1, ref2, ref3), []
+    refs, results = (reference_1, reference_2, reference_3), []
     for name, la, lr in (("A", guidance_audio_a, guidance_reference_a), ("B", guidance_audio_b, guidance_reference_b)):
         progress(len(results) / 2.2, desc=f"Setting {name}")
-        path, out = _generate(refs, audio, la, lr, steps, seed, block_size, f"setting-{name.lower()}")
-        r = lipsync_r(out.frames, out.audio)
+        name_out = f"setting-{name.lower()}"
+        path, out = _generate(
+            refs, speech_audio, la, lr, steps, seed, block_size, name_out, session=request.session_hash
+        )
+        r = lipsync_r(out.mouth, out.audio)
         sync = "lip-sync r " + ("not measured (too short)" if r is None else f"{r:.2f}")
         results.append((path, out, f"{name}: λa {float(la):g}, λr {float(lr):g}", sync))
     progress(2 / 2.2, desc="Side by side")
-    (path_a, out_a, *_), (path_b, out_b, *_) = results
+    (path_a, out_a, *_), (path_b, _, *_) = results
     both = side_by_side(
         path_a.parent / "compare-a-b.mp4",
-        [out_a.frames, out_b.frames],
+        [path_a, path_b],
         [[label, sync] for _, _, label, sync in results],
         out_a.audio,
-        out_a.sample_rate,
+        SAMPLE_RATE,
     )
     readout = " · ".join(f"**{label}**, {sync}" for _, _, label, sync in results)
     return str(path_a), str(path_b), str(both), readout
 
 
 @spaces.GPU(duration=LIVE_TIME_LIMIT_S + 30)
-def live(ref1, ref2, ref3, guidance_audio, guidance_reference, steps, seed, block_size, session: LiveSession):
+def live(
+    reference_1,
+    reference_2,
+    reference_3,
+    guidance_audio,
+    guidance_reference,
+    steps,
+    seed,
+    block_size,
+    session: LiveSession,
+):
     """Live mode: microphone chunks from `session` -> streamed video segments (with their audio) + readout."""
     if not session.begin():
         gr.Warning("A live stream is already running in this tab; wait for it to finish, then record again.")
         yield gr.skip(), gr.skip()
         return
+    waited = time.monotonic()
+    while not session.chunks and time.monotonic() - waited < FIRST_AUDIO_S:  # a call without a microphone: no slot
+        time.sleep(0.05)
+    if not session.chunks:
+        session.end()
+        raise gr.Error("Microphone: no audio arrived; allow the browser to use the microphone, then record again.")
     out_dir = tempfile.mkdtemp(prefix="portrait-rt-live-")
     try:
         try:
             with user_errors():
                 stream = PIPE.start_stream(
-                    collect_references(ref1, ref2, ref3),
+                    collect_references(reference_1, reference_2, reference_3, resolution=PIPE.resolution),
                     guidance_audio=float(guidance_audio),
                     guidance_reference=float(guidance_reference),
                     num_inference_steps=int(steps),
@@ -172,6 +239,21 @@ def live(ref1, ref2, ref3, guidance_audio, guidance_reference, steps, seed, bloc
     finally:
         session.end()
         shutil.rmtree(out_dir, ignore_errors=True)  # Gradio has copied each segment once it was yielded
+
+
+def admit_offline_job(request: gr.Request, *inputs):
+    """Runs as a File/Compare job asks to join the queue (Gradio's `validator`): refuses a setting out of range, and,
+    on the speech audio field, a job whose session already has its share of jobs or that finds the queue full."""
+    checks = field_checks(*inputs)
+    refusal = limits.offline_job_refusal(request.app.get_blocks(), "offline", request.session_hash)
+    if refusal:
+        checks[3] = gr.validate(False, refusal)  # inputs: 3 references, the speech audio, the settings
+    return checks
+
+
+def forget_session(request: gr.Request) -> None:
+    """A tab closed: delete its videos and plots (Gradio has served its own copies)."""
+    limits.forget_session(OUTPUTS.name, request.session_hash)
 
 
 def live_ingest(chunk, session: LiveSession) -> None:
@@ -311,8 +393,9 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                     label="Block size (latent frames)",
                     info="Smaller: lower latency. Larger: higher throughput. 1 = 4 video frames.",
                 )
-        settings = [guidance_audio, guidance_reference, steps, seed, block_size]
-        setting_a, setting_b = [guidance_audio, guidance_reference], [guidance_audio_b, guidance_reference_b]
+        settings = [check_setting(c) for c in (guidance_audio, guidance_reference, steps, seed, block_size)]
+        setting_a = [guidance_audio, guidance_reference]
+        setting_b = [check_setting(guidance_audio_b), check_setting(guidance_reference_b)]
 
         with gr.Accordion("About this model", open=choice.notice is not None):
             gr.Markdown(about_markdown(choice, PIPE), elem_id="about")
@@ -334,6 +417,8 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
             [live_video, live_readout],
             concurrency_limit=MAX_LIVE_STREAMS,
             concurrency_id="live",
+            validator=field_checks,
+            api_visibility="private",  # it streams what the page's microphone sends; nothing to call it with
         )
         mic.stream(
             live_ingest,
@@ -343,20 +428,23 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
             time_limit=LIVE_TIME_LIMIT_S,
             concurrency_limit=None,
             show_progress="hidden",
+            api_visibility="private",
         )
-        mic.stop_recording(live_stop, [session], None, queue=False)
+        mic.stop_recording(live_stop, [session], None, queue=False, api_visibility="private")
         generate_btn.click(
             generate,
             refs + [file_audio] + settings,
             [file_video, file_plot, file_readout],
             concurrency_limit=1,
             concurrency_id="offline",
+            validator=admit_offline_job,
         )
         compare_btn.click(
             compare,
             refs + [cmp_audio] + setting_a + setting_b + [steps, seed, block_size],
             [video_a, video_b, cmp_video, cmp_readout],
             concurrency_id="offline",
+            validator=admit_offline_job,
         )
         # The one-click example: its inputs into Reference 1 and the File tab, then its result: the cached one if the
         # loaded model is the one that made it, else generated now with the settings on the page.
@@ -380,7 +468,9 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                 [file_video, file_plot, file_readout],
                 concurrency_limit=1,
                 concurrency_id="offline",
+                validator=admit_offline_job,
             )
+        demo.unload(forget_session)
     return demo
 
 
@@ -395,8 +485,15 @@ def main(argv: list[str] | None = None) -> None:
     PIPE, choice = load_from_args(args)
     PIPE.set_progress_bar_config(disable=False)
     demo = build_demo(choice)
-    demo.queue(default_concurrency_limit=1, max_size=32)
-    demo.launch(server_name=args.host, server_port=args.port, show_error=True, css=page_css(PIPE.resolution))
+    # The whole queue has room for every live stream beyond the File/Compare jobs `admit_offline_job` lets wait.
+    demo.queue(default_concurrency_limit=1, max_size=limits.OFFLINE_QUEUE + 4 * MAX_LIVE_STREAMS)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        show_error=True,
+        max_file_size=f"{limits.MAX_UPLOAD_MB:g}mb",
+        css=page_css(PIPE.resolution),
+    )
 
 
 if __name__ == "__main__":

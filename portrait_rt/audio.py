@@ -4,7 +4,9 @@ Every part of portrait-rt takes audio through here, so the rules live in one pla
 
 - sources: a path (wav, flac, ogg, mp3 through libsndfile; anything else ffmpeg reads, e.g. a browser's webm/m4a)
   or a `(samples, sample_rate)` pair, samples in any of int16 / int32 / uint8 / float32 / float64, mono `(N,)` or
-  multichannel `(N, C)` / `(C, N)` (the channel axis is the short one); channels are averaged;
+  multichannel `(N, C)` / `(C, N)` (the channel axis is the short one); channels are averaged after each is turned
+  to the polarity of the loudest, so channels in antiphase add up instead of cancelling to silence;
+- length: at most `max_seconds` (an hour by default), checked from the file's header before decoding it;
 - resampling: soxr (high quality); its streaming resampler gives bit-identical output for any chunking, which is
   what makes `pipe.stream(...)` fed microphone chunks equal `pipe(...)` on the whole clip;
 - bad input raises `ValueError` saying what is wrong and what to change.
@@ -56,7 +58,7 @@ def to_float_mono(samples: np.ndarray, allow_empty: bool = False) -> np.ndarray:
 
     # Integer PCM -> float in [-1, 1] first, then average the channels.
     kind, bits = samples.dtype.kind, 8 * samples.dtype.itemsize
-    x = samples.astype(np.float64)
+    x = samples.astype(np.float32, copy=False)  # float32 is exact for 16-bit PCM and halves a long clip's copies
     if kind == "u":
         x = (x - 2.0 ** (bits - 1)) / 2.0 ** (bits - 1)
     elif kind == "i":
@@ -66,8 +68,7 @@ def to_float_mono(samples: np.ndarray, allow_empty: bool = False) -> np.ndarray:
         channel_axis = 1 if x.shape[1] <= x.shape[0] else 0
         if x.shape[channel_axis] > 32:
             raise ValueError(f"Audio of shape {x.shape} has no plausible channel axis; pass (N,) or (N, C).")
-        with np.errstate(invalid="ignore"):
-            x = x.mean(axis=channel_axis)
+        x = mix_channels(np.moveaxis(x, channel_axis, 0))
 
     finite = np.isfinite(x)
     if not finite.any():
@@ -80,44 +81,84 @@ def to_float_mono(samples: np.ndarray, allow_empty: bool = False) -> np.ndarray:
             f"Float audio peaks at {peak:.3g}, far outside [-1, 1]; if these are int16 PCM values stored as float, "
             "divide by 32768 (or pass the int16 array as is)."
         )
-    return np.clip(x, -1.0, 1.0).astype(np.float32)
+    return np.clip(x, -1.0, 1.0).astype(np.float32, copy=False)
 
 
-def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
-    """Decode anything ffmpeg reads (webm, m4a, video files...) to mono float32 at the model rate."""
+def mix_channels(x: np.ndarray) -> np.ndarray:
+    """Channels (C, N) -> mono (N,): their mean, each channel first turned to the polarity of the loudest one.
+
+    Plain averaging silences a stereo file whose channels are in antiphase (one wired backwards); aligned, two
+    channels never mix to less than either alone. Channels that agree (the usual case) are just averaged.
+    """
+    clean = np.where(np.isfinite(x), x, 0.0)
+    loudest = clean[np.argmax(np.square(clean).sum(axis=1))]
+    signs = np.where(clean @ loudest < 0, -1.0, 1.0).astype(x.dtype)  # (C,)
+    with np.errstate(invalid="ignore"):
+        return (x * signs[:, None]).mean(axis=0)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
+
+
+def _check_duration(seconds: float, max_seconds: float) -> None:
+    if seconds > max_seconds:
+        raise ValueError(
+            f"The audio is {_duration(seconds)} long; the limit is {_duration(max_seconds)}. Trim it or split it "
+            "into shorter clips."
+        )
+
+
+def _decode_with_ffmpeg(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
+    """Decode anything ffmpeg reads (webm, m4a, video files...) to mono float32 at the model rate.
+
+    Decodes at most `max_seconds` + 1 s, so a file over the limit costs no more memory than one at it.
+    """
     import imageio_ffmpeg
 
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), "-vn", "-ac", "1"]
-    cmd += ["-ar", str(SAMPLE_RATE), "-f", "f32le", "-"]
+    cmd += ["-t", f"{max_seconds + 1:.3f}", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"]
     proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0:
-        reason = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["unknown error"]
-        raise ValueError(f"Could not read audio from {path.name}: {reason[0]}. Use wav, flac, ogg or mp3.")
-    return np.frombuffer(proc.stdout, np.float32).copy(), SAMPLE_RATE
+    if proc.returncode != 0 or not proc.stdout:
+        raise ValueError(
+            f"{path.name} is not an audio file this app can read (or it holds no sound); use wav, flac, ogg or mp3."
+        )
+    samples = np.frombuffer(proc.stdout, np.float32).copy()
+    _check_duration(samples.size / SAMPLE_RATE, max_seconds)
+    return samples, SAMPLE_RATE
 
 
-def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read an audio file as stored: `(samples, sample_rate)`, samples (N,) or (N, C)."""
+def read_audio_file(path: str | os.PathLike, max_seconds: float = MAX_DURATION_S) -> tuple[np.ndarray, int]:
+    """Read an audio file as stored: `(samples, sample_rate)`, samples (N,) or (N, C).
+
+    A file longer than `max_seconds` raises `ValueError` before its samples are decoded.
+    """
     import soundfile as sf
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"Audio file {str(path)!r} does not exist.")
+        raise ValueError(f"Audio file {path.name!r} does not exist.")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return _decode_with_ffmpeg(path, max_seconds)
+    _check_duration(info.frames / max(info.samplerate, 1), max_seconds)
     try:
         samples, rate = sf.read(str(path), dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, TypeError):
-        samples, rate = _decode_with_ffmpeg(path)
+        return _decode_with_ffmpeg(path, max_seconds)
     return samples, rate
 
 
-def read_mono(source) -> tuple[np.ndarray, int]:
+def read_mono(source, max_seconds: float = MAX_DURATION_S) -> tuple[np.ndarray, int]:
     """Validated mono float32 audio at its own rate: `(samples, sample_rate)` from a path or a pair.
 
     Raises:
-        ValueError: empty, all-NaN/inf, absurdly loud or long audio, unusable sample rate, unreadable file.
+        ValueError: empty, all-NaN/inf, absurdly loud audio or audio longer than `max_seconds`, unusable sample
+            rate, unreadable file.
     """
     if isinstance(source, (str, os.PathLike)):
-        samples, rate = read_audio_file(source)
+        samples, rate = read_audio_file(source, max_seconds)
     elif isinstance(source, (tuple, list)) and len(source) == 2:
         samples, rate = source
         # Gradio hands out (sample_rate, samples); accept either order.
@@ -127,8 +168,7 @@ def read_mono(source) -> tuple[np.ndarray, int]:
         raise ValueError(f"Audio must be a file path or a (samples, sample_rate) pair, got {type(source).__name__}.")
     rate = _check_rate(rate)
     x = to_float_mono(samples)
-    if x.size / rate > MAX_DURATION_S:
-        raise ValueError(f"Audio is {x.size / rate / 60:.0f} minutes long; split it into clips under an hour.")
+    _check_duration(x.size / rate, max_seconds)
     return x, rate
 
 

@@ -56,16 +56,18 @@ def _open(source) -> Image.Image:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise ValueError(f"Reference image {str(path)!r} does not exist.")
+            raise ValueError(f"Reference image {path.name!r} does not exist.")
         try:
             image = Image.open(path)
             if image.size[0] * image.size[1] > MAX_PIXELS:  # check before decoding the pixels
                 raise Image.DecompressionBombError(image.size)
             image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise ValueError(f"{path.name} is not an image Pillow can read (use PNG, JPEG or WebP): {err}") from None
         except Image.DecompressionBombError:
             raise ValueError(f"{path.name} is too large; use an image under {MAX_PIXELS // 1_000_000} MP.") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise ValueError(
+                f"{path.name} is not an image this app can read (or it is damaged); use a PNG, JPEG or WebP."
+            ) from None
         return image
     raise ValueError(f"A reference image must be a path, a PIL image or an array, got {type(source).__name__}.")
 

@@ -502,7 +502,44 @@ class PortraitRTPipeline(DiffusionPipeline):
         """Generate the whole video for `audio` (a path or `(samples, sample_rate)`): one stream fed the whole clip.
 
         Returns `PortraitRTPipelineOutput(frames uint8 (T, H, W, 3) at 25 fps, audio, sample_rate, timings)` with
-        T = ceil(audio length / 40 ms); `audio` is the clip at the model rate, as the stream resampled it.
+        T = ceil(audio length / 40 ms); `audio` is the clip at the model rate, as the stream resampled it. For long
+        clips, `generate_blocks` hands over one block at a time instead of holding every frame.
+        """
+        records = list(
+            self.generate_blocks(
+                reference_images,
+                audio,
+                guidance_audio,
+                guidance_reference,
+                num_inference_steps,
+                generator,
+                block_size,
+                kv_window,
+            )
+        )
+        frames = np.concatenate([r.frames for r in records])
+        audio = np.concatenate([r.audio for r in records])
+        if not return_dict:
+            return (frames, audio)
+        timings = [r.timing for r in records]
+        return PortraitRTPipelineOutput(frames=frames, audio=audio, sample_rate=SAMPLE_RATE, timings=timings)
+
+    def generate_blocks(
+        self,
+        reference_images,
+        audio,
+        guidance_audio: float = 2.0,
+        guidance_reference: float = 2.0,
+        num_inference_steps: int = 12,
+        generator: torch.Generator | None = None,
+        block_size: int | None = None,
+        kv_window: int | None = None,
+    ) -> Iterator[BlockRecord]:
+        """`__call__` block by block: a `BlockRecord` (frames, the audio that drove them, timing) as each block is
+        made, so a consumer (an mp4 writer, a metric) holds one block at a time whatever the clip's length.
+
+        The clip is fed to the stream a second at a time (any chunking gives the same frames), which keeps the
+        stream's audio buffers small; the last record's audio ends where the clip ends.
         """
         samples, rate = read_mono(audio)
         if is_silent(samples):
@@ -510,14 +547,12 @@ class PortraitRTPipeline(DiffusionPipeline):
         stream = self.start_stream(
             reference_images, guidance_audio, guidance_reference, num_inference_steps, generator, block_size, kv_window
         )
-        records: list[BlockRecord] = []
+        fed = (self.feed(stream, samples[i : i + rate], rate) for i in range(0, samples.size, rate))
         with self.progress_bar(total=-(-round(samples.size * SAMPLE_RATE / rate) // SAMPLES_PER_FRAME)) as bar:
-            for record in itertools.chain(self.feed(stream, samples, rate), self.flush(stream)):
-                records.append(record)
+            for record in itertools.chain(itertools.chain.from_iterable(fed), self.flush(stream)):
+                if stream.audio.num_samples is not None:  # flushed: the silence padding the last block is not audio
+                    record.audio = record.audio[
+                        : max(0, stream.audio.num_samples - record.first_frame * SAMPLES_PER_FRAME)
+                    ]
                 bar.update(len(record.frames))
-        frames = np.concatenate([r.frames for r in records])
-        audio = np.concatenate([r.audio for r in records])[: stream.audio.num_samples]
-        if not return_dict:
-            return (frames, audio)
-        timings = [r.timing for r in records]
-        return PortraitRTPipelineOutput(frames=frames, audio=audio, sample_rate=SAMPLE_RATE, timings=timings)
+                yield record

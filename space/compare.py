@@ -52,31 +52,40 @@ def labelled_frames(frames: np.ndarray, lines: list[str], target: int = PANEL_PX
 
 def side_by_side(
     path: str | os.PathLike,
-    videos: list[np.ndarray],
+    videos: list[str | os.PathLike],
     labels: list[list[str]],
     audio: np.ndarray,
     sample_rate: int,
 ) -> Path:
-    """Write `videos` (uint8 (T, H, W, 3) each, same size) next to each other, labelled, with one audio track."""
-    from moviepy import ImageSequenceClip, clips_array
+    """Write the mp4s `videos` (same size) next to each other, labelled, over one audio track (`audio` at
+    `sample_rate`). Frames are read and written one at a time, so memory does not grow with the clip."""
+    from moviepy import VideoFileClip, clips_array
     from moviepy.audio.AudioClip import AudioArrayClip
 
-    length = min(len(v) for v in videos)
-    clips = [ImageSequenceClip(list(labelled_frames(v[:length], lab)), fps=FPS) for v, lab in zip(videos, labels)]
+    sources = [VideoFileClip(str(v), audio=False) for v in videos]
+    length = min(c.duration for c in sources)
+    clips = [
+        c.with_duration(length).image_transform(lambda frame, lab=lab: labelled_frames(frame[None], lab)[0])
+        for c, lab in zip(sources, labels)
+    ]
     grid = clips_array([clips], bg_color=(255, 255, 255))
-    samples = np.asarray(audio, np.float32).reshape(-1)[: round(length / FPS * sample_rate)]
+    samples = np.asarray(audio, np.float32).reshape(-1)[: round(length * sample_rate)]
     track = AudioArrayClip(np.stack([samples, samples], axis=1), fps=sample_rate)  # (n, 2): stereo for players
     grid = grid.with_audio(track.with_duration(min(track.duration, grid.duration)))
     path = Path(path)
-    grid.write_videofile(
-        str(path),
-        fps=FPS,
-        codec="libx264",
-        audio_codec="aac",
-        audio_fps=sample_rate,
-        preset="veryfast",
-        ffmpeg_params=["-pix_fmt", "yuv420p", "-movflags", "+faststart", "-crf", "20"],
-        logger=None,
-    )
-    grid.close()
+    try:
+        grid.write_videofile(
+            str(path),
+            fps=FPS,
+            codec="libx264",
+            audio_codec="aac",
+            audio_fps=sample_rate,
+            preset="veryfast",
+            ffmpeg_params=["-pix_fmt", "yuv420p", "-movflags", "+faststart", "-crf", "20"],
+            logger=None,
+        )
+    finally:
+        grid.close()
+        for c in sources:
+            c.close()
     return path

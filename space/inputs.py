@@ -1,30 +1,39 @@
-"""Input checks in the UI's words, and the library's input errors as pop-ups in the browser."""
+"""Input checks in the UI's words: every error names the field and says what to change (no paths, no tracebacks)."""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 
+from portrait_rt.audio import is_silent, read_mono
 from portrait_rt.constants import MAX_REFERENCES
+from portrait_rt.images import load_image
 
 MAX_SEED = 2**31 - 1
 
 
 @contextlib.contextmanager
-def user_errors():
-    """Turn the library's `ValueError`s (bad input, with what to change) into `gr.Error` pop-ups in the browser."""
+def user_errors(field: str | None = None):
+    """Turn the library's `ValueError`s (bad input, with what to change) into `gr.Error` pop-ups in the browser,
+    prefixed with the field they are about."""
     import gradio as gr
 
     try:
         yield
     except ValueError as err:
-        raise gr.Error(str(err)) from err
+        raise gr.Error(f"{field}: {err}" if field else str(err)) from None
 
 
-def collect_references(*images) -> list:
-    """The uploaded reference images (None for empty slots) -> a list of 1-3; `ValueError` otherwise."""
-    refs = [im for im in images if im is not None]
+def collect_references(*images, resolution: int) -> list:
+    """The uploaded reference files (None for empty slots) -> 1-3 uint8 images, each read by the project's loader
+    (16-bit, float, palette, transparency, CMYK, EXIF rotation); errors name the slot."""
+    refs = []
+    for slot, image in enumerate(images, start=1):
+        if image is not None:
+            with user_errors(f"Reference {slot}"):
+                refs.append(load_image(image, resolution))
     if not refs:
         raise ValueError("Upload a portrait in 'Reference 1' (the face to animate).")
     if len(refs) > MAX_REFERENCES:
@@ -39,8 +48,62 @@ def make_generator(seed) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def require_audio(audio) -> str:
-    """The uploaded audio file path; `ValueError` if there is none (the pipeline checks silence and length)."""
-    if audio is None or (isinstance(audio, str) and not audio):
-        raise ValueError("Upload a speech audio file (wav, mp3, flac, ogg...) or pick an example below.")
-    return audio
+def load_speech(audio, max_seconds: float, field: str = "Speech audio") -> tuple:
+    """The uploaded audio file -> `(samples, sample_rate)`, at most `max_seconds` long (checked before decoding)."""
+    with user_errors(field):
+        if audio is None or (isinstance(audio, str) and not audio):
+            raise ValueError("upload a speech audio file (wav, mp3, flac, ogg...) or pick an example below.")
+        samples, rate = read_mono(audio, max_seconds)
+        if is_silent(samples):
+            raise ValueError("it is silent; upload a recording of speech for the portrait to say.")
+        return samples, rate
+
+
+def _accepts(component) -> str:
+    """What a settings widget takes, in words."""
+    choices = getattr(component, "choices", None)
+    if choices:
+        return "one of " + ", ".join(str(value) for _, value in choices)
+    low, high = getattr(component, "minimum", None), getattr(component, "maximum", None)
+    whole = getattr(component, "precision", None) == 0 or getattr(component, "step", None) == 1
+    kind = "a whole number" if whole else "a number"
+    if low is not None and high is not None:
+        return f"{kind} from {low:g} to {high:g}"
+    return kind + (f" of at least {low:g}" if low is not None else "")
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A widget value that Gradio's own check refused, as the message for its field (see `check_setting`)."""
+
+    message: str
+
+
+def field_checks(*values) -> list[dict]:
+    """Results for Gradio's `validator` (it runs as a job asks to join the queue): one per input, failing, with the
+    message shown on that field, where the value is `Invalid`."""
+    import gradio as gr
+
+    return [gr.validate(not isinstance(v, Invalid), v.message if isinstance(v, Invalid) else "") for v in values]
+
+
+def check_setting(component):
+    """Gradio's own check of a settings widget's value (range, choices, type) -> an `Invalid` naming the field and
+    what it takes, for `field_checks` (an exception here would reach the user as a bare "400 Bad Request"); a choice
+    of integers is typed integer in the API schema (Gradio's `Radio` says string)."""
+    preprocess, accepts = component.preprocess, _accepts(component)
+
+    def checked(payload):
+        try:
+            value = preprocess(payload)
+        except Exception:  # noqa: BLE001 - Gradio's messages do not name the field
+            value = None
+        if value is None or isinstance(value, bool):
+            return Invalid(f"{component.label}: got {repr(payload)[:40]}; use {accepts}.")
+        return value
+
+    component.preprocess = checked
+    choices = [value for _, value in getattr(component, "choices", None) or []]
+    if choices and all(isinstance(c, int) for c in choices):
+        component.api_info = lambda: {"type": "integer", "enum": choices, "title": component.label}
+    return component

@@ -35,15 +35,16 @@ def speed_readout(timings: list[BlockTiming], frames: int | None = None, lag_s: 
     return text
 
 
-def lipsync_plot(frames: np.ndarray, audio: np.ndarray, out_dir: str | os.PathLike) -> tuple[Path | None, str]:
+def lipsync_plot(mouth: np.ndarray, audio: np.ndarray, out_dir: str | os.PathLike) -> tuple[Path | None, str]:
     """The eval tools' lip-sync report of a generated clip: its PNG plot (None if too short) and a one-line summary.
 
-    Mouth opening measured on the video against the opening the audio implies, and the best audio-video offset.
+    `mouth`: the opening measured on each frame as the blocks were made (`mouth_opening`), against the opening the
+    audio implies, and the best audio-video offset.
     """
-    from portrait_rt.eval import evaluate_video, plot_report
+    from portrait_rt.eval import lipsync_report, plot_report
 
     try:
-        report = evaluate_video(frames, audio, SAMPLE_RATE)
+        report = lipsync_report(mouth, audio, SAMPLE_RATE)
     except ValueError as err:  # too short for the offset search
         return None, f"Lip sync not measured: {err}."
     path = plot_report(report, Path(out_dir) / "lipsync.png")
@@ -51,12 +52,13 @@ def lipsync_plot(frames: np.ndarray, audio: np.ndarray, out_dir: str | os.PathLi
     return path, f"Lip sync r = {sync['r']:.2f} at offset {sync['offset']:+d} frames."
 
 
-def lipsync_r(frames: np.ndarray, audio: np.ndarray) -> float | None:
-    """The eval tools' lip-sync r (best offset) of a generated clip; None if it is too short to measure."""
-    from portrait_rt.eval import evaluate_video
+def lipsync_r(mouth: np.ndarray, audio: np.ndarray) -> float | None:
+    """The eval tools' lip-sync r (best offset) of a generated clip from its per-frame mouth openings; None if it is
+    too short to measure."""
+    from portrait_rt.eval import lipsync_report
 
     try:
-        return float(evaluate_video(frames, audio, SAMPLE_RATE)["lipsync"]["r"])
+        return float(lipsync_report(mouth, audio, SAMPLE_RATE)["lipsync"]["r"])
     except ValueError:
         return None
 

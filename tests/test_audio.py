@@ -70,7 +70,7 @@ def test_bad_audio_raises(bad, match):
 def test_unreadable_file(tmp_path):
     p = tmp_path / "junk.wav"
     p.write_bytes(b"this is not audio at all" * 10)
-    with pytest.raises(ValueError, match="Could not read audio"):
+    with pytest.raises(ValueError, match="not an audio file this app can read"):
         load_audio(p)
 
 

@@ -16,13 +16,14 @@ from portrait_rt.constants import FPS, SAMPLES_PER_FRAME
 from portrait_rt.loading import BUNDLED_MODEL, ModelChoice, choose_model
 from portrait_rt.streaming import BlockRecord, BlockTiming
 from portrait_rt.video import read_video
-from space.inputs import collect_references, make_generator, require_audio, user_errors
+from space.inputs import collect_references, load_speech, make_generator, user_errors
 from space.live import LiveSession, LiveStream, run_live
 from space.panels import about_markdown, block_size_choices, lipsync_plot, speed_readout
 
 from .conftest import speech_like
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "assets" / "examples"
 
 
 # ---------------------------------------------------------------------------------------------- a stand-in pipeline
@@ -109,23 +110,37 @@ def test_about_panel_says_what_is_loaded_and_how_to_change_it(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- input checks
-def test_collect_references():
-    assert collect_references("a.png", None, "b.png") == ["a.png", "b.png"]
+def test_collect_references(tmp_path):
+    import gradio as gr
+
+    from portrait_rt.images import load_image
+
+    a, b = EXAMPLES / "portrait_a.png", EXAMPLES / "portrait_b.png"
+    refs = collect_references(a, None, b, resolution=32)
+    assert len(refs) == 2 and np.array_equal(refs[1], load_image(b, 32))  # the project's loader, slot by slot
     with pytest.raises(ValueError, match="Reference 1"):
-        collect_references(None, None, None)
+        collect_references(None, None, None, resolution=32)
     with pytest.raises(ValueError, match="1 to 3"):
-        collect_references("a", "b", "c", "d")
+        collect_references(a, a, a, a, resolution=32)
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(gr.Error, match="Reference 3: notes.png is not an image"):
+        collect_references(a, None, tmp_path / "notes.png", resolution=32)
 
 
-def test_seed_and_audio_checks():
+def test_seed_and_audio_checks(tmp_path):
+    import gradio as gr
+
     a, b = make_generator(7), make_generator(7.0)
     assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
     for bad in (None, -1, 1.5, 2**31):
         with pytest.raises(ValueError, match="Seed"):
             make_generator(bad)
-    assert require_audio("x.wav") == "x.wav"
-    with pytest.raises(ValueError, match="Upload a speech"):
-        require_audio(None)
+    samples, rate = load_speech(str(EXAMPLES / "speech_a.wav"), max_seconds=60)
+    assert rate > 0 and samples.size > rate
+    with pytest.raises(gr.Error, match="Speech audio: upload a speech"):
+        load_speech(None, max_seconds=60)
+    with pytest.raises(gr.Error, match="Speech audio: The audio is .* long; the limit is 1 s"):
+        load_speech(str(EXAMPLES / "speech_a.wav"), max_seconds=1)
 
 
 def test_user_errors_become_gradio_errors():
@@ -261,13 +276,15 @@ def test_run_live_ends_when_the_microphone_goes_quiet(tmp_path):
 # ---------------------------------------------------------------------------------------------- file mode
 def test_lipsync_plot(tmp_path):
     from portrait_rt.data.synthetic import render_clip
+    from portrait_rt.eval import mouth_opening
 
     clip = render_clip(0, resolution=64, duration=2.0)
-    path, summary = lipsync_plot(clip.frames, clip.audio, tmp_path)
+    mouth = np.concatenate([mouth_opening(block) for block in np.array_split(clip.frames, 4)])  # block by block
+    path, summary = lipsync_plot(mouth, clip.audio, tmp_path)
     assert path.is_file() and path.suffix == ".png" and "Lip sync r = " in summary
     r = float(summary.split("r = ")[1].split()[0])
     assert r > 0.8  # ground-truth renders are in sync
-    none, why = lipsync_plot(clip.frames[:10], clip.audio[: 10 * SAMPLES_PER_FRAME], tmp_path)
+    none, why = lipsync_plot(mouth[:10], clip.audio[: 10 * SAMPLES_PER_FRAME], tmp_path)
     assert none is None and "not measured" in why
 
 
@@ -321,13 +338,16 @@ def test_a_cached_example_is_not_used_for_another_model(tmp_path):
 
 
 def test_side_by_side_mp4_has_both_settings_and_one_audio_track(tmp_path):
-    from portrait_rt.video import ffmpeg_exe
+    from portrait_rt.video import ffmpeg_exe, write_video
     from space.compare import side_by_side
 
     rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 255, (10, 64, 64, 3), dtype=np.uint8) for _ in range(2)]
     audio = (0.1 * rng.standard_normal(6400)).astype(np.float32)
-    path = side_by_side(tmp_path / "ab.mp4", frames, [["A: λa 1, λr 1", "lip-sync r 0.50"], ["B", "r"]], audio, 16000)
+    videos = [
+        write_video(tmp_path / f"{k}.mp4", rng.integers(0, 255, (10, 64, 64, 3), dtype=np.uint8), audio, 16000)
+        for k in "ab"
+    ]
+    path = side_by_side(tmp_path / "ab.mp4", videos, [["A: λa 1, λr 1", "lip-sync r 0.50"], ["B", "r"]], audio, 16000)
     info = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
     assert "Video: h264" in info and "Audio: aac" in info and info.count("Stream #") == 2
     assert "784x428" in info  # two 64 px panels upscaled x6 (384 + 4 px on each side), under a 44 px label band

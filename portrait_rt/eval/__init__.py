@@ -2,17 +2,20 @@
 
 from .metrics import (
     background_drift,
+    lipsync_from_opening,
     lipsync_score,
     mouth_opening,
     pearson,
     reconstruction_by_references,
     reconstruction_metrics,
 )
-from .report import evaluate_video, plot_report, validate_metrics, write_report
+from .report import evaluate_video, lipsync_report, plot_report, validate_metrics, write_report
 
 __all__ = [
     "background_drift",
     "evaluate_video",
+    "lipsync_from_opening",
+    "lipsync_report",
     "lipsync_score",
     "mouth_opening",
     "pearson",

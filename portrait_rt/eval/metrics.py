@@ -1,9 +1,11 @@
 """Offline metrics that need no downloaded weights: mouth opening, lip-sync, reconstruction, drift.
 
-- `mouth_opening(frames)`: from pixels alone (no renderer state), so it also measures generated video.
+- `mouth_opening(frames)`: from pixels alone (no renderer state), so it also measures generated video; frame by
+  frame (in chunks of `CHUNK_FRAMES`), so its memory does not grow with the clip and it can follow a stream.
 - `lipsync_score(frames, audio, sample_rate)`: in the spirit of SyncNet's confidence and offset, the correlation
   between the measured mouth opening and the opening the audio implies (`audio_to_mouth_opening`, the corpus's
-  own audio-to-mouth mapping), searched over audio-video offsets of +-10 frames.
+  own audio-to-mouth mapping), searched over audio-video offsets of +-10 frames. `lipsync_from_opening` does the
+  same from openings measured block by block as a stream arrives (`mouth_opening` of each block, concatenated).
 - `reconstruction_metrics` (PSNR, SSIM through torchmetrics) and `reconstruction_by_references`: VAE quality per
   number of reference images M, the paper's Table-style ablation.
 - `detail_ratio`: sharpness kept, the variance of the Laplacian of grey frames against the ground truth's.
@@ -27,6 +29,7 @@ from ..data.synthetic import audio_to_mouth_opening, key_distance
 # The corpus keeps every other colour (and blend of two) >= 100 away; a colour shift of +-15 moves the key < 40.
 KEY_INNER, KEY_OUTER = 45.0, 90.0
 MAX_PSNR = 100.0  # dB reported for identical images (keeps JSON finite)
+CHUNK_FRAMES = 16  # frames converted to float at once by the per-frame metrics
 
 
 def _as_uint8_frames(frames) -> np.ndarray:
@@ -49,16 +52,18 @@ def mouth_opening(frames: np.ndarray) -> np.ndarray:
     3. the opening is the mean of the 3 largest column sums of m within 30% x 30% around it (the interior's height
        at its centre; column sums are preserved by vertical blur). A closed mouth shows no interior: 0.
     """
-    f = _as_uint8_frames(frames).astype(np.float32)
-    t, h, w, _ = f.shape
-    m = np.clip((KEY_OUTER - key_distance(f)) / (KEY_OUTER - KEY_INNER), 0, 1)  # (T, H, W)
-    score = uniform_filter(m, size=(1, max(3, round(0.12 * h)), max(3, round(0.12 * w))), mode="constant")
+    frames = _as_uint8_frames(frames)
+    t, h, w, _ = frames.shape
     ry, rx = round(0.15 * h), round(0.15 * w)
     out = np.zeros(t, np.float32)
-    for i in range(t):
-        y, x = np.unravel_index(int(np.argmax(score[i])), (h, w))
-        cols = m[i, max(0, y - ry) : y + ry + 1, max(0, x - rx) : x + rx + 1].sum(0)
-        out[i] = np.sort(cols)[-3:].mean() / h
+    for start in range(0, t, CHUNK_FRAMES):  # frame by frame in effect; chunks only bound the float copies
+        f = frames[start : start + CHUNK_FRAMES].astype(np.float32)
+        m = np.clip((KEY_OUTER - key_distance(f)) / (KEY_OUTER - KEY_INNER), 0, 1)  # (t, H, W)
+        score = uniform_filter(m, size=(1, max(3, round(0.12 * h)), max(3, round(0.12 * w))), mode="constant")
+        for i in range(len(f)):
+            y, x = np.unravel_index(int(np.argmax(score[i])), (h, w))
+            cols = m[i, max(0, y - ry) : y + ry + 1, max(0, x - rx) : x + rx + 1].sum(0)
+            out[start + i] = np.sort(cols)[-3:].mean() / h
     return out
 
 
@@ -78,9 +83,14 @@ def lipsync_score(frames: np.ndarray, audio, sample_rate: int = SAMPLE_RATE, max
       frame i (k > 0: the video lags the audio by k frames); offset = argmax, r = curve at the offset;
       confidence = r - median(curve) (SyncNet-style: high when one offset stands out); measured, implied (T,).
     """
+    return lipsync_from_opening(mouth_opening(frames), audio, sample_rate, max_offset)
+
+
+def lipsync_from_opening(measured: np.ndarray, audio, sample_rate: int = SAMPLE_RATE, max_offset: int = 10) -> dict:
+    """`lipsync_score` from the mouth opening already measured per frame (T,): what a stream's consumer keeps."""
     if max_offset < 0:
         raise ValueError(f"max_offset must be >= 0, got {max_offset}")
-    measured = mouth_opening(frames)
+    measured = np.asarray(measured, np.float32)
     samples = load_audio((np.asarray(audio), sample_rate)) if sample_rate != SAMPLE_RATE else np.asarray(audio)
     implied = audio_to_mouth_opening(samples, SAMPLE_RATE)
     t = min(len(measured), len(implied))

@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import FPS, SAMPLE_RATE
-from .metrics import background_drift, lipsync_score, mouth_opening, pearson, reconstruction_metrics
+from .metrics import (
+    background_drift,
+    lipsync_from_opening,
+    lipsync_score,
+    mouth_opening,
+    pearson,
+    reconstruction_metrics,
+)
 
 
 def evaluate_video(
@@ -21,21 +28,27 @@ def evaluate_video(
 ) -> dict:
     """All offline metrics of one talking video: lip-sync always; background drift against `reference` (H, W, 3)
     when given (`box`: the person box to exclude); PSNR/SSIM against `target` frames when given."""
-    sync = lipsync_score(frames, audio, sample_rate)
-    report = {
-        "num_frames": int(len(frames)),
-        "duration_s": len(frames) / FPS,
-        "lipsync": {k: sync[k] for k in ("r", "offset", "confidence", "r_at_zero")},
-        "offset_curve": sync["curve"].tolist(),
-        "mouth_measured": sync["measured"].tolist(),
-        "mouth_implied": sync["implied"].tolist(),
-    }
+    report = lipsync_report(mouth_opening(frames), audio, sample_rate)
     if reference is not None:
         report["drift"] = background_drift(frames, reference, box)
     if target is not None:
         n = min(len(frames), len(target))
         report["reconstruction"] = reconstruction_metrics(np.asarray(frames)[:n], np.asarray(target)[:n])
     return report
+
+
+def lipsync_report(measured: np.ndarray, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> dict:
+    """The lip-sync part of `evaluate_video` from the mouth opening measured per frame (`mouth_opening` of each
+    block as a stream arrives, concatenated): the frames themselves need not be kept."""
+    sync = lipsync_from_opening(measured, audio, sample_rate)
+    return {
+        "num_frames": int(len(measured)),
+        "duration_s": len(measured) / FPS,
+        "lipsync": {k: sync[k] for k in ("r", "offset", "confidence", "r_at_zero")},
+        "offset_curve": sync["curve"].tolist(),
+        "mouth_measured": sync["measured"].tolist(),
+        "mouth_implied": sync["implied"].tolist(),
+    }
 
 
 def plot_report(report: dict, path: str | Path) -> Path:
