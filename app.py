@@ -28,6 +28,7 @@ from portrait_rt.video import write_video
 from space.inputs import collect_references, make_generator, require_audio, user_errors
 from space.live import LiveSession, LiveStream, run_live
 from space.panels import about_markdown, block_size_choices, lipsync_plot, speed_readout
+from space.realtime import CLIENT_HTML, START_JS, STOP_JS, server_from_env
 
 HERE = Path(__file__).parent
 EXAMPLES = HERE / "assets" / "examples"
@@ -219,6 +220,19 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
 
         with gr.Tabs():
             with gr.Tab("Live", id="live"):
+                # Low latency: the browser client (space/static/live.js) talks to `space.realtime` over a WebSocket.
+                with gr.Row():
+                    gr.HTML(CLIENT_HTML)
+                    with gr.Column():
+                        rt_talk = gr.Button("Talk (low latency)", variant="primary", elem_id="rt-talk")
+                        rt_hangup = gr.Button("Hang up", elem_id="rt-hangup")
+                        rt_voice = gr.Checkbox(
+                            False,
+                            label="Play my voice with the video",
+                            info="Off: you see the portrait talk without hearing yourself echoed back.",
+                            elem_id="rt-voice",
+                        )
+                gr.Markdown("If the client above cannot connect: the Gradio recorder (about 3 s behind).")
                 session = gr.State(LiveSession())
                 with gr.Row():
                     mic = gr.Audio(sources=["microphone"], streaming=True, type="numpy", label="Microphone")
@@ -284,6 +298,8 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
             show_progress="hidden",
         )
         mic.stop_recording(live_stop, [session], None, queue=False)
+        rt_talk.click(None, refs + settings + [rt_voice], None, js=START_JS)
+        rt_hangup.click(None, None, None, js=STOP_JS)
         generate_btn.click(
             generate,
             refs + [file_audio] + settings,
@@ -312,7 +328,10 @@ def main(argv: list[str] | None = None) -> None:
     PIPE.set_progress_bar_config(disable=False)
     demo = build_demo(choice)
     demo.queue(default_concurrency_limit=1, max_size=32)
-    demo.launch(server_name=args.host, server_port=args.port, show_error=True)
+    live_server = server_from_env(PIPE, LIVE_TIME_LIMIT_S)  # the low-latency live path, on the same server
+    demo.launch(
+        server_name=args.host, server_port=args.port, show_error=True, app_kwargs={"routes": live_server.routes()}
+    )
 
 
 if __name__ == "__main__":
