@@ -182,11 +182,14 @@ function draw(s) {
     const bitmap = s.frames.get(i);
     if (bitmap && i !== s.lastDrawn) {
       const canvas = $("rt-canvas");
-      if (canvas) canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+      if (canvas) {
+        if (canvas.width !== bitmap.width) { canvas.width = bitmap.width; canvas.height = bitmap.height; }
+        canvas.getContext("2d").drawImage(bitmap, 0, 0); // at the model's resolution; CSS scales it up
+      }
       s.lastDrawn = i;
       stats.latencies.push(heard - (s.t0 + i / FPS)); // since frame i's audio was captured
       stats.skews.push((slot - i) / FPS); // drawn this long after its audio started playing (< 1 frame: in sync)
-      if (stats.latencies.length > 3000) { stats.latencies.splice(0, 1000); stats.skews.splice(0, 1000); }
+      if (stats.latencies.length > 20000) { stats.latencies.splice(0, 5000); stats.skews.splice(0, 5000); }
       if (stats.drawn && canvas) stats.drawn.push({ i, t: performance.now(), png: canvas.toDataURL() });
       showStats(s);
     }
