@@ -232,6 +232,13 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                             info="Off: you see the portrait talk without hearing yourself echoed back.",
                             elem_id="rt-voice",
                         )
+                        rt_block = gr.Radio(
+                            blocks,
+                            value=min(blocks),
+                            label="Block size for Talk (latent frames)",
+                            info="1 = 4 video frames (160 ms): the lowest latency, if the machine keeps up.",
+                            elem_id="rt-block",
+                        )
                 gr.Markdown("If the client above cannot connect: the Gradio recorder (about 3 s behind).")
                 session = gr.State(LiveSession())
                 with gr.Row():
@@ -298,7 +305,7 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
             show_progress="hidden",
         )
         mic.stop_recording(live_stop, [session], None, queue=False)
-        rt_talk.click(None, refs + settings + [rt_voice], None, js=START_JS)
+        rt_talk.click(None, refs + settings[:-1] + [rt_block, rt_voice], None, js=START_JS)
         rt_hangup.click(None, None, None, js=STOP_JS)
         generate_btn.click(
             generate,

@@ -165,9 +165,14 @@ def measure(page) -> dict:
     """What the client measured (latency, A/V skew, late blocks) and the mouth-onset latencies from its logs."""
     from portrait_rt.eval.metrics import mouth_opening
 
-    stats = page.evaluate("window.portraitLive.stats")
-    drawn = stats["drawn"] or []
-    opening = mouth_opening(np.stack([_png(d["png"]) for d in drawn])) if drawn else np.zeros(0)
+    stats = page.evaluate("(({drawn, ...rest}) => rest)(window.portraitLive.stats)")
+    count = page.evaluate("(window.portraitLive.stats.drawn || []).length")
+    drawn, opening = [], []
+    for start in range(0, count, 250):  # in slices: two minutes of frames are ~3000 PNGs
+        part = page.evaluate("([a, b]) => window.portraitLive.stats.drawn.slice(a, b)", [start, start + 250])
+        opening.append(mouth_opening(np.stack([_png(d.pop("png")) for d in part])))
+        drawn += part
+    opening = np.concatenate(opening) if opening else np.zeros(0)
     mouth = []
     for onset in speech_onsets(stats["capture"] or []):
         # The first frame after the onset that opens a mouth seen closed for CLOSED_S: if the screen still shows

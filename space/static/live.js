@@ -2,19 +2,26 @@
 //
 // One AudioContext is the clock for everything: microphone sample k was captured at t0 + k / rate (context time),
 // video frame i is driven by the audio of [i / 25, (i + 1) / 25) s of the stream, and is shown at t0 + delay + i / 25
-// together with its audio. `delay` starts at the first block's arrival plus JITTER_S and grows only when a block
-// arrives too late to play on time. The latency shown is measured: when a frame is drawn, the time since its audio
-// was captured (context clock, output latency included).
+// together with its audio. `delay` starts at the first block's arrival plus JITTER_S, grows when a block arrives too
+// late to play on time (a stall, never a skip of speech), and shrinks a frame at a time while blocks keep arriving
+// early. The latency shown is measured: when a frame is drawn, the time since its audio was captured (context clock,
+// output latency included).
 const FPS = 25;
 const JITTER_S = 0.08; // a block may arrive this much later than the first one did without a stall
 const CHUNK_S = 0.04; // microphone audio per WebSocket message
+const CATCH_UP_BLOCKS = 12; // blocks that must all arrive early before the playout delay shrinks by a frame
 const WORKLET = `class Tap extends AudioWorkletProcessor {
-  process(inputs) { const x = inputs[0][0]; if (x) this.port.postMessage({t: currentTime, x: x.slice(0)}); return true; }
+  process(inputs) {
+    const x = inputs[0][0];
+    if (x) this.port.postMessage({t: currentTime, x: x.slice(0)});
+    return true;
+  }
 }
 registerProcessor("portrait-rt-tap", Tap);`;
 
 let session = null;
-export const stats = { latencies: [], skews: [], late: 0, blocks: 0, capture: null, drawn: null, state: "idle" };
+export const stats = { latencies: [], skews: [], late: 0, catchUps: 0, blocks: 0, capture: null, drawn: null,
+                       state: "idle" };
 window.portraitLive = { start, stop, stats };
 
 const $ = (id) => document.getElementById(id);
@@ -43,9 +50,9 @@ export async function start(...values) {
   if (session) return;
   const [r1, r2, r3, guidanceAudio, guidanceReference, steps, seed, blockSize, playVoice] = values;
   const ctx = new AudioContext({ sampleRate: 16000, latencyHint: "interactive" });
-  const s = (session = { ctx, playVoice: !!playVoice, frames: new Map(), t0: null, delay: null, sent: 0, pending: [],
-                         ended: false, lastDrawn: -1 });
-  Object.assign(stats, { latencies: [], skews: [], late: 0, blocks: 0, state: "connecting" });
+  const s = (session = { ctx, playVoice: !!playVoice, frames: new Map(), t0: null, delay: null, sent: 0,
+                         ended: false, lastDrawn: -1, slacks: [], audioEnd: 0 });
+  Object.assign(stats, { latencies: [], skews: [], late: 0, catchUps: 0, blocks: 0, state: "connecting" });
   if (window.portraitLiveCapture) { stats.capture = []; stats.drawn = []; }
   status("Connecting…", "connecting");
   const canvas = $("rt-canvas");
@@ -85,7 +92,8 @@ async function onMessage(s, m) {
            "queued");
   } else if (m.type === "ready") {
     try { await openMic(s); } catch (err) {
-      status(`Could not open the microphone: ${err.message}. Allow it in the browser, then press Talk again.`, "error");
+      status(`Could not open the microphone: ${err.message}. Allow it in the browser, then press Talk again.`,
+             "error");
       s.ws.close();
       return;
     }
@@ -151,6 +159,13 @@ function onBlock(s, data) {
   if (playAt(h.first_frame) < now + 0.02) { // late: everything from here on plays later (a stall, never a skip)
     s.delay = now + JITTER_S - s.t0 - h.first_frame / h.fps;
     stats.late += 1;
+    s.slacks = [];
+  }
+  // Catch up after a stall: when every block of the last ~2 s came with time to spare, play one frame sooner.
+  s.slacks.push(playAt(h.first_frame) - now);
+  if (s.slacks.length >= CATCH_UP_BLOCKS) {
+    if (Math.min(...s.slacks) > JITTER_S + 1 / h.fps) { s.delay -= 1 / h.fps; stats.catchUps += 1; }
+    s.slacks = [];
   }
   stats.blocks += 1;
   stats.serverMs = h.server_ms;
@@ -169,7 +184,9 @@ function onBlock(s, data) {
     const src = s.ctx.createBufferSource();
     src.buffer = audio;
     src.connect(s.ctx.destination);
-    src.start(playAt(h.first_frame));
+    let when = playAt(h.first_frame), skip = 0; // after a catch-up, skip what would overlap the audio queued
+    if (s.audioEnd > when) { skip = s.audioEnd - when; when = s.audioEnd; }
+    if (skip < audio.duration) { src.start(when, skip); s.audioEnd = when + audio.duration - skip; }
   }
 }
 
