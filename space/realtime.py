@@ -376,9 +376,16 @@ class LiveServer:
         await ws.send_json({"type": "ended", "reason": reason, "audio_s": round(received / rate, 2)})
 
     async def _send_blocks(self, ws, blocks) -> None:
-        """Run `blocks()` (an iterator of `BlockRecord`s) in a worker thread, JPEG-encode there, send each block."""
-        for message in await _in_thread(lambda: [pack_block(r) for r in blocks()]):
+        """Run `blocks()` (an iterator of `BlockRecord`s) in a worker thread, a block at a time (JPEG-encoded there),
+        sending each as soon as it is made."""
+        records = iter(blocks())  # a generator: nothing runs until the first `next`
+        while (message := await _in_thread(_next_packed, records)) is not None:
             await ws.send_bytes(message)
+
+
+def _next_packed(records) -> bytes | None:
+    record = next(records, None)
+    return None if record is None else pack_block(record)
 
 
 async def _in_thread(fn, *args, **kwargs):
