@@ -5,10 +5,12 @@
 Widgets and event wiring only: the library loads (`portrait_rt.loading`) and generates (`portrait_rt.pipeline`); the
 Space's own helpers sit beside this file in `space/` (input checks, live mode, readouts, the lip-sync plot, About).
 
-Live mode: the microphone's `.stream` event only queues chunks in the tab's `LiveSession` (`gr.State`); the live
-generator, started by `.start_recording`, turns them into video segments for a streaming `gr.Video`, and
-`.stop_recording` asks it to finish (the tail block is flushed, not lost). One stream per tab: starting a second
-one while the first is still running shows a warning and that recording is ignored.
+Live mode, low latency: "Talk" loads `space/static/live.js` in the page, which streams the microphone to
+`space.realtime` over a WebSocket (mounted on this server at /live-rt) and plays the frames and audio sent back.
+Live mode, the Gradio recorder (the fallback): the microphone's `.stream` event only queues chunks in the tab's
+`LiveSession` (`gr.State`); the live generator, started by `.start_recording`, turns them into video segments for a
+streaming `gr.Video`, and `.stop_recording` asks it to finish (the tail block is flushed, not lost). One stream per
+tab: starting a second one while the first is still running shows a warning and that recording is ignored.
 """
 
 from __future__ import annotations
