@@ -118,17 +118,18 @@ async function openMic(s) {
   const chunk = Math.round(CHUNK_S * s.ctx.sampleRate);
   let buf = new Int16Array(chunk), fill = 0, sumsq = 0;
   s.tap.port.onmessage = ({ data }) => {
+    const arrived = performance.now(); // (for the test log) the last sample of data.x was captured just now
     if (s.t0 === null) s.t0 = data.t; // the context time of the first sample sent
-    for (const v of data.x) {
+    data.x.forEach((v, j) => {
       const c = Math.max(-1, Math.min(1, v));
       buf[fill++] = c * 32767; sumsq += c * c;
       if (fill === chunk) {
         if (s.ws.readyState === WebSocket.OPEN) s.ws.send(buf.buffer);
-        if (stats.capture) stats.capture.push({ t: toPerf(s, s.t0 + s.sent / s.ctx.sampleRate),
-                                                rms: Math.sqrt(sumsq / chunk) });
+        const start = arrived - (1000 * (data.x.length - 1 - j + chunk)) / s.ctx.sampleRate; // its first sample
+        if (stats.capture) stats.capture.push({ t: start, rms: Math.sqrt(sumsq / chunk) });
         s.sent += chunk; buf = new Int16Array(chunk); fill = 0; sumsq = 0;
       }
-    }
+    });
   };
   s.source.connect(s.tap); // the tap outputs nothing: the user does not hear their own microphone
 }
@@ -138,12 +139,6 @@ function closeMic(s) {
   if (s.source) s.source.disconnect();
   if (s.tap) s.tap.port.onmessage = null;
   s.mic = s.source = s.tap = null;
-}
-
-// Context time -> performance.now() milliseconds (for tests that compare with other page clocks).
-function toPerf(s, t) {
-  const ts = s.ctx.getOutputTimestamp();
-  return ts.performanceTime + (t - ts.contextTime) * 1000;
 }
 
 function onBlock(s, data) {
@@ -204,7 +199,7 @@ function draw(s) {
         canvas.getContext("2d").drawImage(bitmap, 0, 0); // at the model's resolution; CSS scales it up
       }
       s.lastDrawn = i;
-      stats.latencies.push(heard - (s.t0 + i / FPS)); // since frame i's audio was captured
+      stats.latencies.push(s.ctx.currentTime - (s.t0 + i / FPS)); // since frame i's audio was captured
       stats.skews.push((slot - i) / FPS); // drawn this long after its audio started playing (< 1 frame: in sync)
       if (stats.latencies.length > 20000) { stats.latencies.splice(0, 5000); stats.skews.splice(0, 5000); }
       if (stats.drawn && canvas) stats.drawn.push({ i, t: performance.now(), png: canvas.toDataURL() });
