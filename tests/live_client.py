@@ -5,8 +5,8 @@ The fake microphone plays `mic_wav` (silence, then a corpus clip, looped). With 
 the client logs each microphone chunk's capture time and loudness, and each frame it draws (time and pixels).
 `measure` then gives:
 - the client's own mic-to-screen latency (from each frame's audio capture to its drawing, on the page's clock);
-- the mouth-onset latency: from each speech onset in the microphone's audio to the first frame drawn after it whose
-  mouth opens, as the eval tools' mouth detector sees it on the captured frames.
+- the mouth-onset latency: from each speech onset in the microphone's audio (its capture time) to the first frame
+  drawn for it whose mouth opens, as the eval tools' mouth detector sees it on the frames captured from the page.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ CHROMIUM = os.environ.get("PORTRAIT_RT_CHROMIUM", "/usr/bin/chromium")
 REFERENCE = EXAMPLES / "portrait_a.png"  # its mouth stays closed through silence with the bundled model
 SILENCE_S = 2.5  # before the speech in the microphone's clip
 MOUTH_OPEN = 0.015  # mouth opening (fraction of the frame height) that counts as open
-CLOSED_S = 0.2  # a mouth must be seen closed this long before its opening counts
+ANTICIPATION = 5  # video frames (0.2 s) before a speech onset whose mouth may already open for it
 QUIET_RMS, LOUD_RMS = 0.005, 0.02  # microphone chunk loudness: silence / speech
 
 
@@ -148,16 +148,15 @@ def _png(data_url: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
 
 
-def speech_onsets(capture: list[dict]) -> list[float]:
-    """Page times (ms) of the microphone chunks where speech starts after at least a second of quiet."""
-    onsets, quiet_since = [], None
-    for chunk in capture:
-        if chunk["rms"] < QUIET_RMS:
-            quiet_since = chunk["t"] if quiet_since is None else quiet_since
-        elif chunk["rms"] > LOUD_RMS:
-            if quiet_since is not None and chunk["t"] - quiet_since >= 1000:
-                onsets.append(chunk["t"])
-            quiet_since = None
+def speech_onsets(capture: list[dict]) -> list[int]:
+    """Indices of the microphone chunks where speech starts after at least a second of quiet.
+
+    The client sends 40 ms chunks from the stream's start: chunk k is the audio of video frame k."""
+    onsets, quiet = [], 0
+    for k, chunk in enumerate(capture):
+        if chunk["rms"] > LOUD_RMS and quiet >= 25:
+            onsets.append(k)
+        quiet = quiet + 1 if chunk["rms"] < QUIET_RMS else 0
     return onsets
 
 
@@ -173,19 +172,20 @@ def measure(page) -> dict:
         opening.append(mouth_opening(np.stack([_png(d.pop("png")) for d in part])))
         drawn += part
     opening = np.concatenate(opening) if opening else np.zeros(0)
+    capture = stats["capture"] or []
     mouth = []
-    for onset in speech_onsets(stats["capture"] or []):
-        # The first frame after the onset that opens a mouth seen closed for CLOSED_S: if the screen still shows
-        # the previous words (latency above the pause), their mouth must close before the new onset's can open.
-        closed_since = None
-        for d, o in zip(drawn, opening):
-            if o <= MOUTH_OPEN:
-                closed_since = d["t"] if closed_since is None else closed_since
-            elif d["t"] >= onset and closed_since is not None and d["t"] - closed_since >= CLOSED_S * 1e3:
-                mouth.append(round((d["t"] - onset) / 1e3, 3))
-                break
-            else:
-                closed_since = None
+    for k in speech_onsets(capture):
+        # Frames from ANTICIPATION before the onset on (the model may open the mouth just before a word), never the
+        # previous words' (their audio is older); the mouth must be closed in the frames just before those.
+        first = k - ANTICIPATION
+        before = [o for d, o in zip(drawn, opening) if first - 10 <= d["i"] < first]
+        if not before or max(before) > MOUTH_OPEN:
+            continue
+        opened = next((d["t"] for d, o in zip(drawn, opening) if d["i"] >= first and o > MOUTH_OPEN), None)
+        if opened is not None:
+            mouth.append(round((opened - capture[k]["t"]) / 1e3, 3))
+    loud = np.array([c["rms"] > QUIET_RMS for c in capture])
+    silent = [o for d, o in zip(drawn, opening) if d["i"] >= 12 and not loud[d["i"] - 12 : d["i"] + 6].any()]
     lat = np.array(stats["latencies"])
     skew = np.array(stats["skews"])
 
@@ -201,6 +201,6 @@ def measure(page) -> dict:
         "frames_drawn": int(lat.size),
         "blocks": stats["blocks"],
         "late_blocks": stats["late"],
-        "speech_onsets": len(speech_onsets(stats["capture"] or [])),
-        "silent_mouth_max": round(float(opening[: 2 * 25].max()), 4) if opening.size else None,
+        "speech_onsets": len(speech_onsets(capture)),
+        "silent_mouth_max": round(float(max(silent)), 4) if silent else None,  # frames driven by silence
     }
