@@ -29,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import os
 import struct
 import tempfile
@@ -44,6 +45,7 @@ from portrait_rt.images import load_reference_images
 from space.inputs import make_generator
 from space.panels import block_size_choices
 
+logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 ROUTE = "/live-rt"  # the WebSocket is ROUTE/ws, the client ROUTE/static/live.js, the gate's state ROUTE/status
 START_TIMEOUT_S = 30.0  # the socket must say "start" within this
@@ -277,17 +279,17 @@ class LiveServer:
         from starlette.websockets import WebSocketDisconnect
 
         await ws.accept()
-        with tempfile.TemporaryDirectory(prefix="portrait-rt-rt-") as folder:
-            try:
-                message = await asyncio.wait_for(ws.receive_text(), START_TIMEOUT_S)
+        try:
+            message = await asyncio.wait_for(ws.receive_text(), START_TIMEOUT_S)
+            with tempfile.TemporaryDirectory(prefix="portrait-rt-live-") as folder:  # gone once the images are read
                 request = parse_start(json.loads(message), self.pipe, Path(folder))
-            except (ValueError, json.JSONDecodeError) as err:
-                await _send_error(ws, str(err))
-                return
-            except (asyncio.TimeoutError, WebSocketDisconnect):
-                await _close(ws)
-                return
-            await self._serve(ws, request)
+        except ValueError as err:  # (json.JSONDecodeError is one)
+            await _send_error(ws, str(err))
+            return
+        except (asyncio.TimeoutError, WebSocketDisconnect):
+            await _close(ws)
+            return
+        await self._serve(ws, request)
 
     async def _serve(self, ws, request: LiveRequest) -> None:
         from starlette.websockets import WebSocketDisconnect
@@ -336,6 +338,9 @@ class LiveServer:
             await _send_error(ws, str(err))
         except WebSocketDisconnect:
             pass
+        except Exception as err:  # the model or the socket failed mid-stream: say so, free everything
+            logger.exception("live session failed")
+            await _send_error(ws, f"The live stream failed ({type(err).__name__}: {err}); press Talk to start again.")
         finally:
             if entered:
                 self.gate.leave()

@@ -236,3 +236,19 @@ def test_parse_start_writes_references_for_the_pipelines_own_checks(tiny_pipe, p
     assert request.sample_rate == RATE
     assert request.settings["block_size"] == 1
     assert torch.equal(request.settings["generator"].get_state(), torch.Generator().manual_seed(5).get_state())
+
+
+def test_a_failure_mid_stream_is_told_and_frees_the_slot(tiny_pipe, portraits, monkeypatch):
+    def broken_feed(stream, samples, rate):
+        raise RuntimeError("out of memory")
+        yield
+
+    monkeypatch.setattr(tiny_pipe, "feed", broken_feed)
+    live = LiveServer(tiny_pipe, capacity=1, max_waiting=1)
+    with TestClient(Starlette(routes=live.routes())) as client, client.websocket_connect("/live-rt/ws") as ws:
+        ws.send_json(_start(portraits))
+        assert ws.receive_json()["type"] == "ready"
+        _talk(ws, _pcm(0.3))
+        error = ws.receive_json()
+    assert error["type"] == "error" and "out of memory" in error["message"]
+    assert live.gate.state()["active"] == 0
