@@ -80,7 +80,9 @@ export function stop() {
   if (s.ws.readyState === WebSocket.OPEN && s.t0 !== null) {
     s.ws.send(JSON.stringify({ type: "stop" }));
     status("Finishing the last block…", "stopping");
-  } else {
+  } else { // still connecting or waiting in line
+    s.ended = true;
+    s.endReason = "hung up before the stream started";
     s.ws.close();
   }
 }
@@ -132,6 +134,7 @@ async function openMic(s) {
     });
   };
   s.source.connect(s.tap); // the tap outputs nothing: the user does not hear their own microphone
+  await s.ctx.resume(); // (made after an await in the click handler, it may have started suspended)
 }
 
 function closeMic(s) {
