@@ -30,7 +30,7 @@ from portrait_rt.video import write_video
 from space.inputs import collect_references, make_generator, require_audio, user_errors
 from space.live import LiveSession, LiveStream, run_live
 from space.panels import about_markdown, block_size_choices, lipsync_plot, speed_readout
-from space.realtime import CLIENT_HTML, START_JS, STOP_JS, server_from_env
+from space.realtime import CLIENT_HTML, START_JS, STOP_JS, default_block_size, server_from_env
 
 HERE = Path(__file__).parent
 EXAMPLES = HERE / "assets" / "examples"
@@ -236,9 +236,9 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                         )
                         rt_block = gr.Radio(
                             blocks,
-                            value=min(blocks),
+                            value=default_block_size(PIPE),
                             label="Block size for Talk (latent frames)",
-                            info="1 = 4 video frames (160 ms): the lowest latency, if the machine keeps up.",
+                            info="1 = 4 video frames (160 ms): the lowest latency, where the machine keeps up (GPU).",
                             elem_id="rt-block",
                         )
                 gr.Markdown("If the client above cannot connect: the Gradio recorder (about 3 s behind).")

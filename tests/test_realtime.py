@@ -252,3 +252,11 @@ def test_a_failure_mid_stream_is_told_and_frees_the_slot(tiny_pipe, portraits, m
         error = ws.receive_json()
     assert error["type"] == "error" and "out of memory" in error["message"]
     assert live.gate.state()["active"] == 0
+
+
+def test_talk_defaults_to_block_size_2_on_a_cpu(tiny_pipe):
+    from space.panels import block_size_choices
+    from space.realtime import default_block_size
+
+    assert tiny_pipe.device.type == "cpu"
+    assert default_block_size(tiny_pipe) == (2 if 2 in block_size_choices(tiny_pipe) else 1)
