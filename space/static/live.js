@@ -9,7 +9,7 @@
 const FPS = 25;
 const JITTER_S = 0.08; // a block may arrive this much later than the first one did without a stall
 const CHUNK_S = 0.04; // microphone audio per WebSocket message
-const CATCH_UP_BLOCKS = 12; // blocks that must all arrive early before the playout delay shrinks by a frame
+const CATCH_UP_S = 1.5; // the blocks of this much video must all arrive early before the delay shrinks by a frame
 const WORKLET = `class Tap extends AudioWorkletProcessor {
   process(inputs) {
     const x = inputs[0][0];
@@ -159,9 +159,9 @@ function onBlock(s, data) {
     stats.late += 1;
     s.slacks = [];
   }
-  // Catch up after a stall: when every block of the last ~2 s came with time to spare, play one frame sooner.
+  // Catch up after a stall: when every block of the last CATCH_UP_S came with time to spare, play one frame sooner.
   s.slacks.push(playAt(h.first_frame) - now);
-  if (s.slacks.length >= CATCH_UP_BLOCKS) {
+  if (s.slacks.length * h.jpeg_bytes.length / h.fps >= CATCH_UP_S) {
     if (Math.min(...s.slacks) > JITTER_S + 1 / h.fps) { s.delay -= 1 / h.fps; stats.catchUps += 1; }
     s.slacks = [];
   }
