@@ -6,10 +6,12 @@ Widgets and event wiring only: the library loads (`portrait_rt.loading`) and gen
 Space's own helpers sit beside this file in `space/` (input checks, live mode, readouts, the lip-sync plot, About, the
 page's intro and CSS, Compare's side-by-side mp4, the one-click example cached from the shipped model).
 
-Live mode: the microphone's `.stream` event only queues chunks in the tab's `LiveSession` (`gr.State`); the live
-generator, started by `.start_recording`, turns them into video segments for a streaming `gr.Video`, and
-`.stop_recording` asks it to finish (the tail block is flushed, not lost). One stream per tab: starting a second
-one while the first is still running shows a warning and that recording is ignored.
+Live mode, low latency: "Talk" loads `space/static/live.js` in the page, which streams the microphone to
+`space.realtime` over a WebSocket (mounted on this server at /live-rt) and plays the frames and audio sent back.
+Live mode, the Gradio recorder (the fallback): the microphone's `.stream` event only queues chunks in the tab's
+`LiveSession` (`gr.State`); the live generator, started by `.start_recording`, turns them into video segments for a
+streaming `gr.Video`, and `.stop_recording` asks it to finish (the tail block is flushed, not lost). One stream per
+tab: starting a second one while the first is still running shows a warning and that recording is ignored.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from space.inputs import (
 from space.layout import INTRO, page_css
 from space.live import LiveSession, LiveStream, run_live
 from space.panels import about_markdown, block_size_choices, lipsync_plot, lipsync_r, speed_readout
+from space.realtime import CLIENT_HTML, START_JS, STOP_JS, default_block_size, server_from_env
 
 HERE = Path(__file__).parent
 EXAMPLES = HERE / "assets" / "examples"
@@ -305,6 +308,28 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                     )
                 with gr.Tabs() as tabs:
                     with gr.Tab("Live", id="live"):
+                        # Low latency: the browser client (space/static/live.js) talks to `space.realtime` over a
+                        # WebSocket.
+                        with gr.Row():
+                            gr.HTML(CLIENT_HTML)
+                            with gr.Column():
+                                rt_talk = gr.Button("Talk (low latency)", variant="primary", elem_id="rt-talk")
+                                rt_hangup = gr.Button("Hang up", elem_id="rt-hangup")
+                                rt_voice = gr.Checkbox(
+                                    False,
+                                    label="Play my voice with the video",
+                                    info="Off: you see the portrait talk without hearing yourself echoed back.",
+                                    elem_id="rt-voice",
+                                )
+                                rt_block = gr.Radio(
+                                    blocks,
+                                    value=default_block_size(PIPE),
+                                    label="Block size for Talk (latent frames)",
+                                    info="1 = 4 video frames (160 ms): the lowest latency, where the machine keeps up "
+                                    "(GPU).",
+                                    elem_id="rt-block",
+                                )
+                        gr.Markdown("If the client above cannot connect: the Gradio recorder (about 3 s behind).")
                         session = gr.State(LiveSession())
                         with gr.Row():
                             mic = gr.Audio(sources=["microphone"], streaming=True, type="numpy", label="Microphone")
@@ -431,6 +456,8 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
             api_visibility="private",
         )
         mic.stop_recording(live_stop, [session], None, queue=False, api_visibility="private")
+        rt_talk.click(None, refs + settings[:-1] + [rt_block, rt_voice], None, js=START_JS)
+        rt_hangup.click(None, None, None, js=STOP_JS)
         generate_btn.click(
             generate,
             refs + [file_audio] + settings,
@@ -487,12 +514,14 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_demo(choice)
     # The whole queue has room for every live stream beyond the File/Compare jobs `admit_offline_job` lets wait.
     demo.queue(default_concurrency_limit=1, max_size=limits.OFFLINE_QUEUE + 4 * MAX_LIVE_STREAMS)
+    live_server = server_from_env(PIPE, LIVE_TIME_LIMIT_S)  # the low-latency live path, on the same server
     demo.launch(
         server_name=args.host,
         server_port=args.port,
         show_error=True,
         max_file_size=f"{limits.MAX_UPLOAD_MB:g}mb",
         css=page_css(PIPE.resolution),
+        app_kwargs={"routes": live_server.routes()},
     )
 
 

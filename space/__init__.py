@@ -3,6 +3,8 @@
 - `space.inputs`: checks of what the user uploaded, and the library's `ValueError`s shown as `gr.Error` pop-ups;
 - `space.live`: live mode: the tab's `LiveSession` (a `gr.State`), `LiveStream` (a pipeline stream's block records
   -> `.ts` segments, each with the audio its blocks carry) and `run_live`, the loop between them;
+- `space.realtime`: the low-latency live path: a WebSocket per browser tab (mounted on the app's server at
+  /live-rt), its admission (`LiveGate`) and the page's client (`space/static/live.js`, plain JavaScript);
 - `space.panels`: what the page shows: the speed readout, the lip-sync plot, the About text, the block sizes.
 
 `app.py` builds widgets and wires events to these; the pipeline is loaded by `portrait_rt.loading`, like everywhere

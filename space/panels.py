@@ -117,6 +117,16 @@ def about_markdown(choice: ModelChoice, pipe) -> str:
         ]
     else:
         lines.append("**Trained on:** see the model's own card.")
+    from space import limits
+
+    lines.append(
+        f"**Limits on this Space:** speech up to {limits.MAX_AUDIO_S:g} s in File and Compare; uploads up to "
+        f"{limits.MAX_UPLOAD_MB:g} MB; {limits.JOBS_PER_SESSION} File/Compare jobs per visitor at a time "
+        f"({limits.OFFLINE_QUEUE} waiting in all); live sessions of up to 2 minutes, a few at once (others wait in "
+        f"line and are told their place); your videos are deleted when the tab closes or after "
+        f"{limits.OUTPUT_TTL_S / 3600:g} h. Running the app yourself, set them with the `PORTRAIT_RT_*` variables "
+        "(`space/limits.py`)."
+    )
     lines.append(
         "**A better model:** one trained on real talking videos (`python -m portrait_rt prepare` and `train` on your "
         "own footage; see `docs/training.md`), loaded with `python app.py --model PATH_OR_HUB_ID` or "
