@@ -280,7 +280,7 @@ def _render_background(ident: Identity, size: int) -> Image.Image:
         t = np.sqrt((xx - px) ** 2 + (yy - py) ** 2) / 1.2
     else:  # "noise": smooth value noise
         grid = rng.random((int(rng.integers(3, 8)),) * 2).astype(np.float32)
-        t = np.asarray(Image.fromarray(grid, mode="F").resize((size, size), Image.BICUBIC))
+        t = np.asarray(Image.fromarray(grid).resize((size, size), Image.BICUBIC))
     img = c0 + (c1 - c0) * np.clip(t, 0, 1)[..., None]
     if ident.overlay in ("stripes", "checks", "dots"):
         a = rng.uniform(0, np.pi)
