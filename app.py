@@ -458,14 +458,16 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
         mic.stop_recording(live_stop, [session], None, queue=False, api_visibility="private")
         rt_talk.click(None, refs + settings[:-1] + [rt_block, rt_voice], None, js=START_JS)
         rt_hangup.click(None, None, None, js=STOP_JS)
-        generate_btn.click(
-            generate,
-            refs + [file_audio] + settings,
-            [file_video, file_plot, file_readout],
+        # File mode's job, from its button or from the example when nothing is cached: one at a time, admitted first.
+        file_job = dict(
+            fn=generate,
+            inputs=refs + [file_audio] + settings,
+            outputs=[file_video, file_plot, file_readout],
             concurrency_limit=1,
             concurrency_id="offline",
             validator=admit_offline_job,
         )
+        generate_btn.click(**file_job)
         compare_btn.click(
             compare,
             refs + [cmp_audio] + setting_a + setting_b + [steps, seed, block_size],
@@ -489,14 +491,7 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                 queue=False,
             )
         else:
-            shown.then(
-                generate,
-                refs + [file_audio] + settings,
-                [file_video, file_plot, file_readout],
-                concurrency_limit=1,
-                concurrency_id="offline",
-                validator=admit_offline_job,
-            )
+            shown.then(**file_job)
         demo.unload(forget_session)
     return demo
 

@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))  # `space` lives beside app.py, not in the package
 
 from portrait_rt.loading import BUNDLED_MODEL, load_pipeline  # noqa: E402
 from space.compare import labelled_frames  # noqa: E402
-from space.examples import EXAMPLE_PORTRAIT, EXAMPLE_SETTINGS, EXAMPLE_SPEECH, PREVIEW, render_example  # noqa: E402
+from space.examples import EXAMPLE_PORTRAIT, PREVIEW, generate_example, render_example  # noqa: E402
 
 PHOTO = PREVIEW / "photo.jpg"
 PREVIEW_FPS = 12.5  # every second video frame: half the file size, still reads as speech
@@ -43,19 +42,6 @@ def photo_portrait() -> Image.Image:
 
     im = Image.open(cbook.get_sample_data("grace_hopper.jpg"))  # 512 x 600
     return im.convert("RGB").crop((0, 10, 512, 522)).resize((256, 256), Image.LANCZOS)
-
-
-def generate(pipe, reference) -> np.ndarray:
-    s = EXAMPLE_SETTINGS
-    out = pipe(
-        reference_images=[reference],
-        audio=str(EXAMPLE_SPEECH),
-        guidance_audio=s["guidance_audio"],
-        guidance_reference=s["guidance_reference"],
-        num_inference_steps=s["num_inference_steps"],
-        generator=torch.Generator().manual_seed(s["seed"]),
-    )
-    return out.frames
 
 
 def reference_frames(path_or_image, size: int, length: int) -> np.ndarray:
@@ -88,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
 
     PREVIEW.mkdir(parents=True, exist_ok=True)
     photo_portrait().save(PHOTO, quality=85)
-    cartoon = generate(pipe, EXAMPLE_PORTRAIT)
-    photo = generate(pipe, PHOTO)
+    cartoon = generate_example(pipe).frames
+    photo = generate_example(pipe, PHOTO).frames
     res = pipe.resolution
     write_preview(
         PREVIEW / "preview.webp",

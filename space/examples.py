@@ -59,22 +59,28 @@ def cached_example(model: str | os.PathLike, manifest: Path = EXAMPLE_MANIFEST) 
     return CachedExample(manifest.parent / meta["video"], plot, meta["readout"])
 
 
-def render_example(pipe, model: str | os.PathLike, out_dir: Path = PREVIEW) -> CachedExample:
-    """Generate the example with `pipe` (loaded from folder `model`) and write the cache: mp4, plot, manifest."""
+def generate_example(pipe, reference: str | os.PathLike = EXAMPLE_PORTRAIT):
+    """The example's speech driving `reference` with `EXAMPLE_SETTINGS`: the pipeline's output."""
     import torch
 
-    from portrait_rt.video import write_video
-    from space.panels import lipsync_plot, speed_readout
-
     s = EXAMPLE_SETTINGS
-    out = pipe(
-        reference_images=[EXAMPLE_PORTRAIT],
+    return pipe(
+        reference_images=[reference],
         audio=str(EXAMPLE_SPEECH),
         guidance_audio=s["guidance_audio"],
         guidance_reference=s["guidance_reference"],
         num_inference_steps=s["num_inference_steps"],
         generator=torch.Generator().manual_seed(s["seed"]),
     )
+
+
+def render_example(pipe, model: str | os.PathLike, out_dir: Path = PREVIEW) -> CachedExample:
+    """Generate the example with `pipe` (loaded from folder `model`) and write the cache: mp4, plot, manifest."""
+    from portrait_rt.video import write_video
+    from space.panels import lipsync_plot, speed_readout
+
+    s = EXAMPLE_SETTINGS
+    out = generate_example(pipe)
     out_dir.mkdir(parents=True, exist_ok=True)
     video = write_video(out_dir / "example.mp4", out.frames, out.audio, out.sample_rate)
     plot, sync = lipsync_plot(out.frames, out.audio, out_dir)

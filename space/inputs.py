@@ -34,11 +34,16 @@ def collect_references(*images, resolution: int) -> list:
         if image is not None:
             with user_errors(f"Reference {slot}"):
                 refs.append(load_image(image, resolution))
-    if not refs:
-        raise ValueError("Upload a portrait in 'Reference 1' (the face to animate).")
-    if len(refs) > MAX_REFERENCES:
-        raise ValueError(f"Got {len(refs)} reference images; use 1 to {MAX_REFERENCES}.")
+    check_reference_count(len(refs))
     return refs
+
+
+def check_reference_count(count: int) -> None:
+    """1 to `MAX_REFERENCES` reference images, else `ValueError` saying which slot to fill or how many to drop."""
+    if count == 0:
+        raise ValueError("Upload a portrait in 'Reference 1' (the face to animate).")
+    if count > MAX_REFERENCES:
+        raise ValueError(f"Got {count} reference images; use 1 to {MAX_REFERENCES}.")
 
 
 def make_generator(seed) -> torch.Generator:

@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from portrait_rt.constants import FPS, MAX_REFERENCES, SAMPLE_RATE
+from portrait_rt.constants import FPS, SAMPLE_RATE
 from portrait_rt.images import load_reference_images
-from space.inputs import make_generator
+from space.inputs import check_reference_count, make_generator
 from space.panels import block_size_choices
 
 logger = logging.getLogger(__name__)
@@ -147,10 +147,7 @@ def parse_start(message, pipe, folder: Path) -> LiveRequest:
     if not isinstance(message, dict) or message.get("type") != "start":
         raise ValueError('The first message must be {"type": "start", ...}.')
     refs = [r for r in message.get("references") or [] if r]
-    if not refs:
-        raise ValueError("Upload a portrait in 'Reference 1' (the face to animate).")
-    if len(refs) > MAX_REFERENCES:
-        raise ValueError(f"Got {len(refs)} reference images; use 1 to {MAX_REFERENCES}.")
+    check_reference_count(len(refs))
     paths = []
     for i, ref in enumerate(refs):
         if not isinstance(ref, str) or not ref.startswith("data:") or "," not in ref:

@@ -15,7 +15,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from portrait_rt.pipeline import PortraitRTPipeline
-from portrait_rt.training.export import PIPELINE_ENTRY, _closure, export, write_remote_code
+from portrait_rt.training.export import PIPELINE_ENTRY, _closure, export, metrics_table, write_remote_code
 from tests.conftest import speech_like
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,6 +121,14 @@ def test_export_writes_a_hub_model_card_and_the_code(tmp_path):
     assert f'DiffusionPipeline.from_pretrained("{tmp_path / "out"}", trust_remote_code=True)' in card.text
     assert "](contact_sheet.png)" in card.text and "lip-sync r" in card.text
     assert (tmp_path / "out" / f"{PIPELINE_ENTRY}.py").is_file()
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == metrics
+
+
+def test_bundled_metrics_are_the_cards():
+    """The bundled folder's metrics.json is the report its model card shows (a re-trained model re-exported with
+    `--metrics`), not an older model's."""
+    metrics = json.loads((DEMO / "metrics.json").read_text())
+    assert metrics_table(metrics) in (DEMO / "README.md").read_text()
 
 
 def test_bundled_folder_carries_this_librarys_code(tmp_path):

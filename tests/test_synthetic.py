@@ -61,6 +61,18 @@ def test_motion_not_determined_by_audio_but_mouth_is(clip):
     assert (key_distance(clip.frames) < 30).any() and not (key_distance(silent.frames) < 30).any()
 
 
+def test_other_motion_keeps_the_first_frame_and_the_mouth(clip):
+    """`motion_seed`: what a perfect generator could output from the first frame and the speech (the report's sharp
+    ceiling): same frame 0 and mouth, another head motion afterwards."""
+    other = render_clip(3, 64, duration=1.2, motion_seed=1)
+    assert np.array_equal(other.frames[0], clip.frames[0])
+    assert np.array_equal(other.meta["mouth_open"], clip.meta["mouth_open"])
+    moved = np.abs(other.meta["head_pose"] - clip.meta["head_pose"]).max(axis=1)
+    assert moved[0] == 0 and moved[-1] > 0.5  # degrees
+    assert not np.array_equal(other.frames[-1], clip.frames[-1])
+    assert np.array_equal(render_clip(3, 64, duration=1.2, motion_seed=1).frames, other.frames)
+
+
 def test_any_resolution_and_bad_input():
     big = render_clip(5, 256, duration=0.2)
     assert big.frames.shape == (5, 256, 256, 3)

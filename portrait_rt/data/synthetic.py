@@ -664,12 +664,16 @@ def render_clip(
     duration: float | None = None,
     split: str = "train",
     audio: np.ndarray | None = None,
+    motion_seed: int | None = None,
 ) -> Clip:
-    """Render clip `seed` of `split`: deterministic per (seed, resolution, split, duration).
+    """Render clip `seed` of `split`: deterministic per (seed, resolution, split, duration, motion_seed).
 
     `duration` in seconds (rounded to whole frames); None takes the speech's own length (at least 2 s).
     `audio` (16 kHz) replaces the clip's speech (e.g. to drive one identity with another clip's audio); its length
     then sets the duration.
+    `motion_seed`: draw what the audio does not determine (head pose, blinks, gaze, brows, breathing) from another
+    random process that starts where the clip's own does: frame 0 and the mouth are unchanged, the rest of the motion
+    differs. What a perfect generator could output given the first frame and the speech (`report`'s sharp ceiling).
     """
     _check_args(resolution, split, duration)
     ident = Identity.sample(identity_seed_for(seed, split))
@@ -695,6 +699,10 @@ def render_clip(
     # 1. motion not determined by the audio
     mrng = np.random.default_rng([seed, 0 if split == "train" else 1, 3])
     mo = _sample_motion(mrng, t, ident.motion_scale)
+    if motion_seed is not None:
+        other = _sample_motion(np.random.default_rng([motion_seed, 4]), t, ident.motion_scale)
+        mo = {k: v - v[:1] + mo[k][:1] for k, v in other.items()}  # anchored at the clip's own frame 0
+        mo["blink"] = np.clip(mo["blink"], 0, 1)
     lobe_x = mo["trans"][:, 0] / ident.r + 1.3 * np.sin(mo["roll"]) + 0.3 * np.sin(mo["yaw"])  # units of r
     swing = _earring_swing(lobe_x * 0.3, 0.3) if ident.earrings is not None else np.zeros(t, np.float32)
 

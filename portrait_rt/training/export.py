@@ -287,6 +287,7 @@ def metrics_table(metrics: dict) -> str:
         ("vae_psnr", "VAE reconstruction PSNR, M = 1 (dB)", ">= 28"),
         ("still_psnr", "baseline: the reference held still, PSNR (dB)", "VAE beats it by >= 4"),
         ("psnr", "generated vs ground-truth render, whole-frame PSNR (dB)", ">= 24"),
+        ("sharp_ceiling_psnr", "ceiling for a sharp generator: same face and speech, other head motion (dB)", ""),
         ("background_psnr", "generated vs ground truth, background PSNR (dB)", ""),
         ("lipsync_r", "lip-sync r, best of +-10 offsets (mean over clips)", ">= 0.85"),
         ("lipsync_r_worst", "lip-sync r, worst clip", ">= 0.7"),
@@ -325,7 +326,8 @@ def export(
     vae_run: str | Path | None = None,
     notes: str = "",
 ) -> PortraitRTPipeline:
-    """Write the pipeline folder: weights, its code (`write_remote_code`) and README.md; returns the pipeline."""
+    """Write the pipeline folder: weights, its code (`write_remote_code`), README.md and the metrics it shows
+    (metrics.json); returns the pipeline."""
     pipe = build_pipeline(vae_dir, dit_dir)
     output = Path(output)
     pipe.save_pretrained(output, safe_serialization=True)
@@ -333,6 +335,8 @@ def export(
     vae_summary = run_summary(vae_run or Path(vae_dir).parent)
     card = model_card(pipe, vae_summary, run_summary(dit_dir), metrics, notes, str(output))
     (output / "README.md").write_text(card)
+    if metrics:  # the card's figures, whole, beside it
+        (output / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return pipe
 
 

@@ -6,7 +6,10 @@
   reference) against the ground-truth render: lip-sync r at the best offset (and which) and at offset 0
   (`portrait_rt.eval.lipsync_score`), whole-frame and background PSNR, detail kept (`detail_ratio`); the same for
   the VAE alone (encode + decode, M = 1: the ceiling of the generated video), the reference held still (the
-  baseline) and the ground-truth render's lip-sync (the metric's ceiling);
+  baseline), the ground-truth render's lip-sync (the metric's ceiling), and the sharp ceiling: the same identity and
+  speech rendered with another head motion from the same first frame (`render_clip(motion_seed=...)`). The audio does
+  not determine the head's motion, so this is the whole-frame PSNR a perfect, sharp generator gets; above it, PSNR
+  rewards blur (the average of the possible poses), not a better model;
 - a contact sheet (PNG): ground truth, VAE reconstruction and generated frames of two clips, row over row;
 - mouth in silence: mean pixel-measured opening over silent stretches / over speech;
 - CFG trends (paper Table II): lip-sync r and whole-frame PSNR per (λa, λr), and on how many clips λa 1 -> 2 raises
@@ -45,6 +48,7 @@ from portrait_rt.images import frames_to_tensor, tensor_to_frames
 from portrait_rt.pipeline import PortraitRTPipeline
 
 CFG_SETTINGS = ((1.0, 1.0), (2.0, 1.0), (2.0, 2.0), (2.0, 3.0), (3.0, 2.0))
+SHARP_CEILING_MOTIONS = (1, 2, 3)  # motion seeds of the sharp ceiling's renders, averaged
 
 
 def _boxes(clip) -> list:
@@ -121,7 +125,7 @@ def evaluate_model(
     # 1. Per clip: the model at the app's defaults, the VAE alone (its ceiling) and the reference held still (the
     #    baseline the VAE must beat), each against the ground-truth render; the render's own lip-sync (the ceiling).
     per_clip, generated, reconstructed = [], [], []
-    for c in clips:
+    for k, c in enumerate(clips):
         frames, dt = _generate(pipe, c.frames[0], c.audio)
         recon = vae_reconstruct(pipe.vae, c.frames)
         gt, gt_recon = c.frames[: len(frames)], c.frames[: len(recon)]
@@ -138,6 +142,10 @@ def evaluate_model(
             "vae_psnr": masked_psnr(recon, gt_recon), "vae_detail_ratio": detail_ratio(recon, gt_recon),
             "vae_lipsync_r": vae_sync["r"], "vae_lipsync_r_at_zero": vae_sync["r_at_zero"],
             "still_psnr": masked_psnr(np.broadcast_to(gt[:1], gt.shape), gt),
+            "sharp_ceiling_psnr": float(np.mean([
+                masked_psnr(render_clip(k, res, duration, "eval", motion_seed=s).frames[: len(gt)], gt)
+                for s in SHARP_CEILING_MOTIONS
+            ])),
             "ground_truth_lipsync_r": lipsync_score(c.frames, c.audio)["r"], "fps": len(frames) / dt,
         })  # fmt: skip
         generated.append(frames), reconstructed.append(recon)
