@@ -364,7 +364,7 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                             [[str(EXAMPLES / f"portrait_{c}.png"), str(EXAMPLES / f"speech_{c}.wav")] for c in "abc"]
                             + [[str(PREVIEW / "photo.jpg"), str(EXAMPLE_SPEECH)]],
                             inputs=[ref1, file_audio],
-                            label="More examples (the last is a real photograph: the bundled model smears it)",
+                            label="More examples (the last is a real photograph: the mouth comes out a cartoon's)",
                             cache_examples=False,
                         )
                     with gr.Tab("Compare", id="compare"):

@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         PREVIEW / "preview.webp",
         [
             (reference_frames(EXAMPLE_PORTRAIT, res, len(cartoon)), ["reference", "(synthetic cartoon)"]),
-            (cartoon, ["generated (bundled model)", "mouth area blurs"]),
+            (cartoon, ["generated (bundled model)", "the mouth area is soft"]),
             (reference_frames(PHOTO, res, len(photo)), ["reference", "(a real photograph)"]),
-            (photo, ["generated from the photo", "face smears, cartoon mouth"]),
+            (photo, ["generated from the photo", "face kept, cartoon mouth"]),
         ],
     )
     for path in sorted(PREVIEW.iterdir()):

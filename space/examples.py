@@ -76,6 +76,7 @@ def generate_example(pipe, reference: str | os.PathLike = EXAMPLE_PORTRAIT):
 
 def render_example(pipe, model: str | os.PathLike, out_dir: Path = PREVIEW) -> CachedExample:
     """Generate the example with `pipe` (loaded from folder `model`) and write the cache: mp4, plot, manifest."""
+    from portrait_rt.eval.metrics import mouth_opening
     from portrait_rt.video import write_video
     from space.panels import lipsync_plot, speed_readout
 
@@ -83,7 +84,7 @@ def render_example(pipe, model: str | os.PathLike, out_dir: Path = PREVIEW) -> C
     out = generate_example(pipe)
     out_dir.mkdir(parents=True, exist_ok=True)
     video = write_video(out_dir / "example.mp4", out.frames, out.audio, out.sample_rate)
-    plot, sync = lipsync_plot(out.frames, out.audio, out_dir)
+    plot, sync = lipsync_plot(mouth_opening(out.frames), out.audio, out_dir)
     if plot is not None:
         plot = plot.rename(out_dir / "example_lipsync.png")
     readout = (

@@ -337,6 +337,19 @@ def test_a_cached_example_is_not_used_for_another_model(tmp_path):
     assert cached_example(other) is None and cached_example("preset:tiny") is None
 
 
+def test_render_example_writes_a_cache_that_cached_example_reads(tiny_pipe, tmp_path):
+    """`render_example` (what scripts/make_preview.py runs): mp4, lip-sync plot and readout, and a manifest that
+    `cached_example` accepts for that model folder only."""
+    from space.examples import cached_example, render_example
+
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    made = render_example(tiny_pipe, model, tmp_path / "cache")
+    assert made.video.is_file() and made.plot is not None and made.plot.is_file()
+    assert "Lip sync r = " in made.readout
+    assert cached_example(model, tmp_path / "cache" / "example.json") == made
+
+
 def test_side_by_side_mp4_has_both_settings_and_one_audio_track(tmp_path):
     from portrait_rt.video import ffmpeg_exe, write_video
     from space.compare import side_by_side

@@ -91,6 +91,25 @@ def test_streaming_decode_equals_one_shot(vae, chunk):
     assert (torch.cat(parts, dim=2) - whole).abs().max() <= 1e-5
 
 
+def test_training_pass_with_a_stream_context(warp_vae):
+    """`forward(context_latents=k)`: the first k latent frames only fill the decoder's cache (no gradient), so the
+    output is the tail of the whole clip's decode, and the parameters learn from the tail alone."""
+    vae = warp_vae
+    video, refs = _video(17), _video(1).transpose(1, 2)  # 5 latent frames
+    whole, _ = vae(video, refs, sample_posterior=False)
+    tail, _ = vae(video, refs, sample_posterior=False, context_latents=2)
+    assert tail.shape[2] == 17 - (4 * 2 - 3)
+    assert (tail - whole[:, :, -tail.shape[2] :]).abs().max() <= 1e-5
+    grad_enabled = []  # per decoder pass: the context's, then the tail's
+    hook = vae.decoder_1.register_forward_pre_hook(lambda m, args: grad_enabled.append(torch.is_grad_enabled()))
+    vae(video, refs, sample_posterior=False, context_latents=2)
+    hook.remove()
+    assert grad_enabled == [False, True]
+    for k in (-1, 5):
+        with pytest.raises(ValueError, match="context_latents"):
+            vae(video, refs, sample_posterior=False, context_latents=k)
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("chunk", [1, 2, 3])
 def test_streaming_encode_equals_one_shot(vae, chunk):

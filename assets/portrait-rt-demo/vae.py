@@ -347,13 +347,25 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         reference_images: torch.Tensor | None = None,
         sample_posterior: bool = True,
         generator: torch.Generator | None = None,
+        context_latents: int = 0,
     ) -> tuple[torch.Tensor, DiagonalGaussianDistribution]:
         """Training pass: encode `video` (B, 3, 1+4n, H, W), sample (or take the mean of) the posterior, decode
         with the E1 features of `reference_images` (B, M, 3, H, W) or None. Returns the unclamped
-        reconstruction (B, 3, 1+4n, H, W) and the posterior (for the KL term)."""
+        reconstruction (B, 3, 1+4n, H, W) and the posterior (for the KL term).
+
+        `context_latents` k > 0: the first k latent frames are decoded without gradient, only to fill the causal
+        decoder's cache, as a stream's past does; the reconstruction is then of the last 1+4n - (4k-3) frames only.
+        The causal decoder's receptive field spans many frames (~80 in the demo preset), so a shorter training window
+        always contains the stream's start; with a context the decoder also trains as it runs deep into a stream."""
         posterior = self.encode(video)
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         f_c = None
         if reference_images is not None and reference_images.shape[1] > 0:
             f_c = self._reference_features(reference_images)[1]
-        return self._decode_chunk(z, f_c, None)[0], posterior
+        if not 0 <= context_latents < z.shape[2]:
+            raise ValueError(f"context_latents must be in [0, {z.shape[2] - 1}] for {z.shape[2]} latent frames.")
+        cache = None
+        if context_latents:
+            with torch.no_grad():
+                cache = self._decode_chunk(z[:, :, :context_latents], f_c, None)[1]
+        return self._decode_chunk(z[:, :, context_latents:], f_c, cache)[0], posterior

@@ -36,6 +36,12 @@ background are left out). Measured on the demo VAE: the teacher's warp matches t
 did not learn it (the pre-warp frame it looks at is blurred, and the motion is under one of its cells; the model card
 has the figures). Needs opencv (`pip install 'portrait-rt[train]'`).
 
+Stream context (`--context-frames C`, a multiple of 4; not in the paper): each step draws k from 0 to C/4, takes a
+window 4k frames longer than the stage's, and decodes its first k latent frames without gradient, only to fill the
+causal decoder's cache (`CausalVideoVAE.forward(context_latents=k)`); the loss is on the frames after them. The
+decoder's receptive field spans ~80 frames in the demo preset: trained on 17- and 33-frame windows only, every frame
+it learnt from had the stream's start in view, and deep into a stream some faces drifted to the wrong colours.
+
 Growing a trained VAE: `--init-from FOLDER --config-json '{"ref_warp_channels": 32}'` builds the VAE with the changed
 config and loads every trained weight into it; only new modules (the reference warp) start from their own
 initialisation. A change that would drop or reshape trained weights is refused.
@@ -178,18 +184,23 @@ class VAETrainingModule(nn.Module):
         generator: torch.Generator,
         flow: torch.Tensor | None = None,
         flow_valid: torch.Tensor | None = None,
+        context_latents: int = 0,
     ):
         """video (B, 3, 1+4n, H, W), references (B, M, 3, H, W) in [-1, 1] -> (loss, logs). With `flow_weight`:
-        the `reference_flow` targets `flow` (B, T, M, 2, H, W) and `flow_valid` (B, T, M, 1, H, W)."""
+        the `reference_flow` targets `flow` (B, T, M, 2, H, W) and `flow_valid` (B, T, M, 1, H, W).
+        `context_latents`: see `CausalVideoVAE.forward`; the loss is on the frames decoded after the context."""
         head_outputs = []  # the warp head's (flow / downscale, logit) at H/4, one tensor per decode
         hook = None
         if self.flow_weight > 0:
             hook = self.vae.reference_warp.head.register_forward_hook(lambda m, i, out: head_outputs.append(out))
         try:
-            recon, posterior = self.vae(video, references, sample_posterior=self.sample_posterior, generator=generator)
+            recon, posterior = self.vae(
+                video, references, self.sample_posterior, generator, context_latents=context_latents
+            )
         finally:
             if hook is not None:
                 hook.remove()
+        full_video, video = video, video[:, :, video.shape[2] - recon.shape[2] :]  # the frames after the context
         error = (recon.float() - video).abs()
         l1 = error.mean()
         logs = {"l1": l1.detach()}
@@ -203,14 +214,15 @@ class VAETrainingModule(nn.Module):
             l1 = l1 + self.gradient_weight * grad
         if head_outputs:  # (B*T*M, 3, H/4, W/4), flattened as the head's inputs: batch, frame, reference
             d = self.vae.reference_warp.downscale
-            predicted = head_outputs[0][:, :2].float() * d
-            target = F.avg_pool2d(flow.flatten(0, 2), d)
-            weight = F.avg_pool2d(flow_valid.flatten(0, 2), d).eq(1).float()  # every pixel of the cell matches
+            predicted = head_outputs[-1][:, :2].float() * d  # the last decode: the frames after the context
+            t = recon.shape[2]
+            target = F.avg_pool2d(flow[:, -t:].flatten(0, 2), d)
+            weight = F.avg_pool2d(flow_valid[:, -t:].flatten(0, 2), d).eq(1).float()  # every pixel of the cell matches
             flow_l1 = ((predicted - target).abs() * weight).sum() / (2 * weight.sum()).clamp_min(1.0)
             logs["flow_l1"] = flow_l1.detach()
             l1 = l1 + self.flow_weight * flow_l1
         if self.mouth_probe is not None:
-            area = mouth_area(video)  # (B, 1 + 4n)
+            area = mouth_area(full_video)  # (B, 1 + 4n): the probe reads every latent frame
             area = torch.cat([area[:, :1].expand(-1, 3), area], dim=1).unflatten(1, (-1, 4))  # (B, n + 1, 4)
             predicted = self.mouth_probe(posterior.mean.float()).sum(dim=(3, 4)).transpose(1, 2)  # (B, n + 1, 4)
             probe = F.mse_loss(predicted, area)
@@ -251,7 +263,11 @@ class VAETrainer(Trainer):
         lpips_heads: str | None = None,
         gradient_weight: float = 0.0,
         flow_weight: float = 0.0,
+        context_frames: int = 0,
     ):
+        if context_frames < 0 or context_frames % 4:
+            raise ValueError(f"--context-frames must be a multiple of 4 (whole latent frames), got {context_frames}.")
+        self.context_frames = context_frames
         if min(lpips_weight, gradient_weight, flow_weight) < 0:
             raise ValueError(f"--lpips-weight, --gradient-weight, --flow-weight must be >= 0, got {lpips_weight}, "
                              f"{gradient_weight}, {flow_weight}.")  # fmt: skip
@@ -277,8 +293,9 @@ class VAETrainer(Trainer):
         config.max_steps = sum(s for _, _, s in self.stages)
         config.extra = {**config.extra, "stages": [list(s) for s in self.stages]}
         shortest = min(self.store.num_frames(i) for i in range(len(self.store)))
-        if shortest < max(f for f, _, _ in self.stages):
-            raise ValueError(f"Clips of {shortest} frames are shorter than the longest stage; shorten --stages.")
+        if shortest < max(f for f, _, _ in self.stages) + context_frames:
+            raise ValueError(f"Clips of {shortest} frames are shorter than the longest stage + --context-frames; "
+                             "shorten --stages or --context-frames.")  # fmt: skip
         super().__init__(config)
 
     def build_module(self) -> nn.Module:
@@ -326,6 +343,8 @@ class VAETrainer(Trainer):
 
     def make_batch(self, step: int, micro: int, generator: torch.Generator) -> dict:
         num_frames, batch_size = self.stage(step)
+        context = int(torch.randint(self.context_frames // 4 + 1, (1,), generator=generator))  # latent frames
+        num_frames += 4 * context
         r = torch.rand(1, generator=generator).item()
         m = 0 if r < self.no_reference_prob else int(torch.randint(1, MAX_REFERENCES + 1, (1,), generator=generator))
         videos, refs, flows = [], [], []
@@ -342,7 +361,7 @@ class VAETrainer(Trainer):
         batch = {"video": torch.stack(videos).to(device), "references": torch.stack(refs).to(device)}
         if flows:
             batch["flow"], batch["flow_valid"] = (torch.from_numpy(np.stack(f)).to(device) for f in zip(*flows))
-        return {**batch, "generator": generator}
+        return {**batch, "generator": generator, "context_latents": context}
 
     def save_final(self, module: VAETrainingModule) -> None:
         vae = module.vae
@@ -420,6 +439,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="weight of the reference warp's flow L1 against OpenCV optical flow (module docstring; needs opencv)",
     )
+    parser.add_argument(
+        "--context-frames",
+        type=int,
+        default=0,
+        help="up to this many frames (a multiple of 4) of a stream's past decoded before each window (docstring)",
+    )
     parser.add_argument("--config-json", default=None, help="JSON dict of VAE config values overriding the preset")
 
 
@@ -447,4 +472,5 @@ def build_trainer(args: argparse.Namespace) -> VAETrainer:
         lpips_heads=args.lpips_heads,
         gradient_weight=args.gradient_weight,
         flow_weight=args.flow_weight,
+        context_frames=args.context_frames,
     )
