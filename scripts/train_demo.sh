@@ -140,14 +140,19 @@ python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/run
 python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/W1" \
   --init-from "$WORK/runs/dec_long/vae" --config-json '{"ref_warp_channels":32}' --freeze-encoder \
   --stages 17x1:3000,33x1:3000 --posterior-mean --mouth-weight 50 --gradient-weight 1 --finalize
-python - "$WORK" <<'PY'  # the DiT's latent normalisation, as it trained (step 6's VAE)
+# A decoder-only run keeps step 6's encoder, so its finalized VAE gets back the latent normalisation the DiT trained
+# with (recomputed, it differs by ~0.1%).
+keep_dit_normalisation() {
+  python - "$WORK" "$1" <<'PY'
 import json, sys
 old = json.load(open(f"{sys.argv[1]}/runs/vae_long/vae/config.json"))
-path = f"{sys.argv[1]}/runs/W1/vae/config.json"
+path = f"{sys.argv[1]}/runs/{sys.argv[2]}/vae/config.json"
 new = json.load(open(path))
 new.update(shift_factor=old["shift_factor"], scaling_factor=old["scaling_factor"])
 json.dump(new, open(path, "w"), indent=2)
 PY
+}
+keep_dit_normalisation W1
 
 # 8. A stream's past (issue 14). The decoder's receptive field spans ~80 frames, but it had trained on 17- and 33-frame
 #    windows, each with the stream's start in view: deep into a stream some faces drifted to the wrong colours (one
@@ -163,14 +168,7 @@ python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/run
 python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/C1" \
   --init-from "$WORK/runs/W1/vae" --freeze-encoder --stages 17x1:3000 --context-frames 80 --posterior-mean \
   --mouth-weight 50 --gradient-weight 1 --finalize
-python - "$WORK" <<'PY'  # the DiT's latent normalisation, as it trained (step 6's VAE)
-import json, sys
-old = json.load(open(f"{sys.argv[1]}/runs/vae_long/vae/config.json"))
-path = f"{sys.argv[1]}/runs/C1/vae/config.json"
-new = json.load(open(path))
-new.update(shift_factor=old["shift_factor"], scaling_factor=old["scaling_factor"])
-json.dump(new, open(path, "w"), indent=2)
-PY
+keep_dit_normalisation C1
 
 # 9. Export the pipeline folder, measure the model card's table (8 held-out clips, CFG, a 5-minute stream; writes the
 #    contact sheet into the folder; ~10 min on 2 threads), export again with it; then the Space's cached example and
