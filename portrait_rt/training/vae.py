@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from portrait_rt.constants import MAX_REFERENCES, usable_video_frames
+from portrait_rt.constants import MAX_REFERENCES, usable_video_frames, video_frames_for_latents
 from portrait_rt.data.shards import ClipStore
 from portrait_rt.data.synthetic import MOUTH_INTERIOR_RGB
 from portrait_rt.eval.metrics import KEY_INNER, KEY_OUTER
@@ -187,7 +187,8 @@ class VAETrainingModule(nn.Module):
         context_latents: int = 0,
     ):
         """video (B, 3, 1+4n, H, W), references (B, M, 3, H, W) in [-1, 1] -> (loss, logs). With `flow_weight`:
-        the `reference_flow` targets `flow` (B, T, M, 2, H, W) and `flow_valid` (B, T, M, 1, H, W).
+        the `reference_flow` targets `flow` (B, T, M, 2, H, W) and `flow_valid` (B, T, M, 1, H, W) of the T frames
+        reconstructed (those after the context).
         `context_latents`: see `CausalVideoVAE.forward`; the loss is on the frames decoded after the context."""
         head_outputs = []  # the warp head's (flow / downscale, logit) at H/4, one tensor per decode
         hook = None
@@ -215,9 +216,8 @@ class VAETrainingModule(nn.Module):
         if head_outputs:  # (B*T*M, 3, H/4, W/4), flattened as the head's inputs: batch, frame, reference
             d = self.vae.reference_warp.downscale
             predicted = head_outputs[-1][:, :2].float() * d  # the last decode: the frames after the context
-            t = recon.shape[2]
-            target = F.avg_pool2d(flow[:, -t:].flatten(0, 2), d)
-            weight = F.avg_pool2d(flow_valid[:, -t:].flatten(0, 2), d).eq(1).float()  # every pixel of the cell matches
+            target = F.avg_pool2d(flow.flatten(0, 2), d)
+            weight = F.avg_pool2d(flow_valid.flatten(0, 2), d).eq(1).float()  # every pixel of the cell matches
             flow_l1 = ((predicted - target).abs() * weight).sum() / (2 * weight.sum()).clamp_min(1.0)
             logs["flow_l1"] = flow_l1.detach()
             l1 = l1 + self.flow_weight * flow_l1
@@ -356,7 +356,8 @@ class VAETrainer(Trainer):
             videos.append(frames_to_tensor(frames[start : start + num_frames]).movedim(0, 1))  # (3, T, H, W)
             refs.append(frames_to_tensor(frames[picks]))  # (M, 3, H, W)
             if self.flow_weight > 0 and m > 0:
-                flows.append(reference_flow(frames[start : start + num_frames], frames[picks]))
+                past = start + video_frames_for_latents(context)  # the teacher only for the frames trained on
+                flows.append(reference_flow(frames[past : start + num_frames], frames[picks]))
         device = self.accelerator.device
         batch = {"video": torch.stack(videos).to(device), "references": torch.stack(refs).to(device)}
         if flows:
