@@ -22,7 +22,13 @@ that is mostly closed is a closed mouth), so the lip-sync the DiT can reach stay
 - `--mouth-probe-weight P`: a linear probe from the posterior mean to each frame's mouth-interior area, trained
   with the VAE (MSE, weight P; its gradient reaches the encoder) and discarded afterwards: it makes the latent carry
   the mouth opening linearly, which the decoder and the DiT then use.
-In videos without the reserved colour both reduce to the plain loss (the probe then learns that the area is 0).
+- `--mouth-sync-weight S`: the L1 between each frame's mouth-interior area in the reconstruction and in the target
+  (through the soft colour key, so it is differentiable), weight S: a per-frame opening the decoder shows a frame late
+  costs the whole change of opening, where the pixel L1 of a blurred mouth costs little. It moves pixels already near
+  the interior's colour: a mouth the decoder leaves shut gets no pull from it (`--mouth-weight` gives that). Demo v5:
+  the decoded mouth lagged the target by half a frame on average (the first and last frames of a latent group were
+  nearer the previous frame's opening than their own), and the generated video inherits the lag.
+In videos without the reserved colour they reduce to the plain loss (the probe then learns that the area is 0).
 
 Sharpness (`--gradient-weight G`, not in the paper): the L1 of the image gradients counts G times; an edge the
 reconstruction blurs costs on both sides of it. The demo's reference-warp stage used G = 1 (see scripts/train_demo.sh).
@@ -95,16 +101,21 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
 
 
+def mouth_membership(video: torch.Tensor) -> torch.Tensor:
+    """Soft membership (B, 1, T, H, W) in [0, 1] of each pixel of `video` (B, 3, T, H, W) in [-1, 1] in the mouth
+    interior (`MOUTH_INTERIOR_RGB`, keyed as `portrait_rt.eval.mouth_opening` keys it); differentiable."""
+    key = torch.tensor(MOUTH_INTERIOR_RGB, dtype=torch.float32, device=video.device).view(1, 3, 1, 1, 1)
+    green_double = torch.tensor([1.0, 2.0, 1.0], device=key.device).view(1, 3, 1, 1, 1)
+    distance = ((((video.float() + 1) * 127.5 - key) * green_double).square().sum(1, keepdim=True) + 1e-6).sqrt()
+    return ((KEY_OUTER - distance) / (KEY_OUTER - KEY_INNER)).clamp(0, 1)
+
+
 @torch.no_grad()
 def mouth_region(*videos: torch.Tensor, dilate: int = 3) -> torch.Tensor:
-    """Soft mask (B, 1, T, H, W) in [0, 1] of the mouth interior (`MOUTH_INTERIOR_RGB`, keyed as
-    `portrait_rt.eval.mouth_opening` keys it) in any of `videos` (B, 3, T, H, W) in [-1, 1], dilated by `dilate` px."""
-    key = torch.tensor(MOUTH_INTERIOR_RGB, dtype=torch.float32, device=videos[0].device).view(1, 3, 1, 1, 1)
-    green_double = torch.tensor([1.0, 2.0, 1.0], device=key.device).view(1, 3, 1, 1, 1)
-    distances = [(((v.float() + 1) * 127.5 - key) * green_double).norm(dim=1, keepdim=True) for v in videos]
-    masks = [((KEY_OUTER - d) / (KEY_OUTER - KEY_INNER)).clamp(0, 1) for d in distances]
+    """Soft mask (B, 1, T, H, W) of the mouth interior in any of `videos`, dilated by `dilate` px."""
     k = 2 * dilate + 1
-    return F.max_pool3d(torch.stack(masks).amax(0), (1, k, k), stride=1, padding=(0, dilate, dilate))
+    masks = torch.stack([mouth_membership(v) for v in videos]).amax(0)
+    return F.max_pool3d(masks, (1, k, k), stride=1, padding=(0, dilate, dilate))
 
 
 MOUTH_AREA_SCALE = 0.004  # the mouth interior's share of the frame when wide open (~0.6%) maps to ~1.5
@@ -112,7 +123,7 @@ MOUTH_AREA_SCALE = 0.004  # the mouth interior's share of the frame when wide op
 
 def mouth_area(video: torch.Tensor) -> torch.Tensor:
     """Per-frame mouth-interior area (B, T) of `video` (B, 3, T, H, W): its share of the frame / `MOUTH_AREA_SCALE`."""
-    return mouth_region(video, dilate=0).mean(dim=(1, 3, 4)) / MOUTH_AREA_SCALE
+    return mouth_membership(video).mean(dim=(1, 3, 4)) / MOUTH_AREA_SCALE
 
 
 def image_gradient_l1(recon: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
@@ -163,6 +174,7 @@ class VAETrainingModule(nn.Module):
         mouth_probe_weight: float = 0.0,
         gradient_weight: float = 0.0,
         flow_weight: float = 0.0,
+        mouth_sync_weight: float = 0.0,
     ):
         super().__init__()
         self.vae, self.kl_weight, self.sample_posterior = vae, kl_weight, sample_posterior
@@ -171,6 +183,7 @@ class VAETrainingModule(nn.Module):
         self.flow_weight = flow_weight
         self.gradient_weight = gradient_weight
         self.mouth_weight, self.mouth_probe_weight = mouth_weight, mouth_probe_weight
+        self.mouth_sync_weight = mouth_sync_weight
         # 4 outputs per latent frame: the areas of its 4 video frames (the first latent frame: frame 0, 4 times).
         self.mouth_probe = nn.Conv3d(vae.config.latent_channels, 4, 1) if mouth_probe_weight > 0 else None
         # A plain tuple, not a submodule: the frozen LPIPS stays out of state_dict, checkpoints, EMA and the VAE.
@@ -209,6 +222,10 @@ class VAETrainingModule(nn.Module):
             mouth = mouth_region(video, recon)
             logs["mouth_l1"] = (error * mouth).detach().sum() / (3 * mouth.sum()).clamp_min(1.0)
             l1 = l1 + self.mouth_weight * (error * mouth).mean()
+        if self.mouth_sync_weight > 0:
+            sync = (mouth_area(recon.float()) - mouth_area(video)).abs().mean()
+            logs["mouth_sync"] = sync.detach()
+            l1 = l1 + self.mouth_sync_weight * sync
         if self.gradient_weight > 0:
             grad = image_gradient_l1(recon.float(), video)
             logs["gradient_l1"] = grad.detach()
@@ -264,6 +281,7 @@ class VAETrainer(Trainer):
         gradient_weight: float = 0.0,
         flow_weight: float = 0.0,
         context_frames: int = 0,
+        mouth_sync_weight: float = 0.0,
     ):
         if context_frames < 0 or context_frames % 4:
             raise ValueError(f"--context-frames must be a multiple of 4 (whole latent frames), got {context_frames}.")
@@ -279,10 +297,11 @@ class VAETrainer(Trainer):
             )
         self.lpips_weight, self.lpips_backbone, self.lpips_heads = lpips_weight, lpips_backbone, lpips_heads
         self.gradient_weight, self.flow_weight = gradient_weight, flow_weight
-        if mouth_weight < 0 or mouth_probe_weight < 0:
-            raise ValueError(f"--mouth-weight and --mouth-probe-weight must be >= 0, got {mouth_weight}, "
-                             f"{mouth_probe_weight}.")  # fmt: skip
+        if min(mouth_weight, mouth_probe_weight, mouth_sync_weight) < 0:
+            raise ValueError(f"--mouth-weight, --mouth-probe-weight, --mouth-sync-weight must be >= 0, got "
+                             f"{mouth_weight}, {mouth_probe_weight}, {mouth_sync_weight}.")  # fmt: skip
         self.mouth_weight, self.mouth_probe_weight = mouth_weight, mouth_probe_weight
+        self.mouth_sync_weight = mouth_sync_weight
         self.freeze_encoder = freeze_encoder
         self.store = ClipStore(data)
         self.config_overrides = config_overrides or {}
@@ -331,6 +350,7 @@ class VAETrainer(Trainer):
             lpips_weight=self.lpips_weight,
             gradient_weight=self.gradient_weight,
             flow_weight=self.flow_weight,
+            mouth_sync_weight=self.mouth_sync_weight,
         )
 
     def stage(self, step: int) -> tuple[int, int]:
@@ -427,6 +447,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight of a linear latent -> mouth-area probe loss (synthetic corpus; see the module docstring)",
     )
     parser.add_argument(
+        "--mouth-sync-weight",
+        type=float,
+        default=0.0,
+        help="weight of the L1 between per-frame mouth-interior areas of reconstruction and target (docstring)",
+    )
+    parser.add_argument(
         "--freeze-encoder",
         action="store_true",
         help="train the decoder only (D1, Dref, D2): latents cached for the DiT stay valid (module docstring)",
@@ -474,4 +500,5 @@ def build_trainer(args: argparse.Namespace) -> VAETrainer:
         gradient_weight=args.gradient_weight,
         flow_weight=args.flow_weight,
         context_frames=args.context_frames,
+        mouth_sync_weight=args.mouth_sync_weight,
     )
