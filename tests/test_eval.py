@@ -12,6 +12,7 @@ from portrait_rt.data.synthetic import render_clip
 from portrait_rt.eval import (
     background_drift,
     evaluate_video,
+    lipsync_from_opening,
     lipsync_score,
     mouth_opening,
     pearson,
@@ -48,9 +49,14 @@ def test_lipsync_on_ground_truth_and_shifted_video(clips):
     for clip in clips:
         s = lipsync_score(clip.frames, clip.audio, clip.sample_rate)
         assert s["r"] >= 0.95 and s["offset"] == 0 and s["curve"].shape == (21,) and s["confidence"] > 0.2
+        assert abs(s["lag"]) < 0.1
     clip = clips[0]
     delayed = np.concatenate([np.repeat(clip.frames[:1], 3, 0), clip.frames[:-3]])  # the video lags by 3 frames
-    assert lipsync_score(delayed, clip.audio)["offset"] == 3
+    s = lipsync_score(delayed, clip.audio)
+    assert s["offset"] == 3 and abs(s["lag"] - 3) < 0.1
+    # Half a frame late: each frame's mouth opening is the mean of its own and its predecessor's.
+    half = lipsync_from_opening(np.convolve(mouth_opening(clip.frames), [0.5, 0.5])[: len(clip.frames)], clip.audio)
+    assert 0.3 < half["lag"] < 0.7, half["lag"]
     audio_48k = np.repeat(clip.audio, 3)  # same speech at 48 kHz (crude upsampling): same verdict
     assert lipsync_score(clip.frames, audio_48k, 48000)["offset"] == 0
 

@@ -78,9 +78,10 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 def lipsync_score(frames: np.ndarray, audio, sample_rate: int = SAMPLE_RATE, max_offset: int = 10) -> dict:
     """Lip-sync of a talking video against its audio (frame i <-> audio samples [640 i, 640 (i+1)) at 16 kHz).
 
-    Returns dict(r, offset, curve, confidence, r_at_zero, measured, implied):
+    Returns dict(r, offset, lag, curve, confidence, r_at_zero, measured, implied):
       curve[k + max_offset] = Pearson r between the measured opening of frame i + k and the implied opening of
-      frame i (k > 0: the video lags the audio by k frames); offset = argmax, r = curve at the offset;
+      frame i (k > 0: the video lags the audio by k frames); offset = argmax, r = curve at the offset; lag = the
+      offset to a fraction of a frame (the peak of the parabola through the curve at offset - 1, offset, offset + 1);
       confidence = r - median(curve) (SyncNet-style: high when one offset stands out); measured, implied (T,).
     """
     return lipsync_from_opening(mouth_opening(frames), audio, sample_rate, max_offset)
@@ -105,9 +106,13 @@ def lipsync_from_opening(measured: np.ndarray, audio, sample_rate: int = SAMPLE_
         np.float32,
     )
     best = int(np.argmax(curve))
+    lag = float(best - max_offset)
+    if 0 < best < len(curve) - 1 and (bend := curve[best - 1] - 2 * curve[best] + curve[best + 1]) < 0:
+        lag += float(0.5 * (curve[best - 1] - curve[best + 1]) / bend)
     return {
         "r": float(curve[best]),
         "offset": best - max_offset,
+        "lag": lag,
         "curve": curve,
         "confidence": float(curve[best] - np.median(curve)),
         "r_at_zero": float(curve[max_offset]),

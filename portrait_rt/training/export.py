@@ -293,6 +293,8 @@ def metrics_table(metrics: dict) -> str:
         ("lipsync_r_worst", "lip-sync r, worst clip", ">= 0.7"),
         ("lipsync_r_at_zero", "lip-sync r at offset 0", ">= 0.85"),
         ("lipsync_offset", "lip-sync offset (frames, median)", "0"),
+        ("lipsync_lag", "lip-sync lag, to a fraction of a frame (mean)", "~0"),
+        ("vae_lipsync_lag", "lip-sync lag of VAE reconstructions (mean)", "~0"),
         ("ground_truth_lipsync_r", "lip-sync r of ground-truth renders (the metric's ceiling)", "~1"),
         ("vae_lipsync_r", "lip-sync r of VAE reconstructions (the DiT's ceiling)", ""),
         ("cfg_audio_raises_lipsync_clips", "clips where lambda_a 1 -> 2 raises lip-sync", "most"),

@@ -3,13 +3,13 @@
     python -m portrait_rt.training.report --model assets/portrait-rt-demo --output runs/metrics.json
 
 - per clip and averaged, generated at the app defaults (12 steps, guidance 2 / 2, the first frame as the one
-  reference) against the ground-truth render: lip-sync r at the best offset (and which) and at offset 0
-  (`portrait_rt.eval.lipsync_score`), whole-frame and background PSNR, detail kept (`detail_ratio`); the same for
-  the VAE alone (encode + decode, M = 1: the ceiling of the generated video), the reference held still (the
-  baseline), the ground-truth render's lip-sync (the metric's ceiling), and the sharp ceiling: the same identity and
-  speech rendered with another head motion from the same first frame (`render_clip(motion_seed=...)`). The audio does
-  not determine the head's motion, so this is the whole-frame PSNR a perfect, sharp generator gets; above it, PSNR
-  rewards blur (the average of the possible poses), not a better model;
+  reference) against the ground-truth render: lip-sync r at the best offset (and which) and at offset 0, and the lag
+  to a fraction of a frame (`portrait_rt.eval.lipsync_score`), whole-frame and background PSNR, detail kept
+  (`detail_ratio`); the same for the VAE alone (encode + decode, M = 1: the ceiling of the generated video), the
+  reference held still (the baseline), the ground-truth render's lip-sync (the metric's ceiling), and the sharp
+  ceiling: the same identity and speech rendered with another head motion from the same first frame
+  (`render_clip(motion_seed=...)`). The audio does not determine the head's motion, so this is the whole-frame PSNR a
+  perfect, sharp generator gets; above it, PSNR rewards blur (the average of the possible poses), not a better model;
 - a contact sheet (PNG): ground truth, VAE reconstruction and generated frames of two clips, row over row;
 - mouth in silence: mean pixel-measured opening over silent stretches / over speech;
 - CFG trends (paper Table II): lip-sync r and whole-frame PSNR per (λa, λr), and on how many clips λa 1 -> 2 raises
@@ -136,6 +136,7 @@ def evaluate_model(
         sync, vae_sync = lipsync_score(frames, c.audio), lipsync_score(recon, c.audio)
         per_clip.append({
             "lipsync_r": sync["r"], "lipsync_offset": sync["offset"], "lipsync_r_at_zero": sync["r_at_zero"],
+            "lipsync_lag": sync["lag"], "vae_lipsync_lag": vae_sync["lag"],
             "psnr": masked_psnr(frames, gt),
             "background_psnr": None if background is None else masked_psnr(frames, gt, background),
             "detail_ratio": detail_ratio(frames, gt),
