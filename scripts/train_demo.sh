@@ -174,8 +174,8 @@ keep_dit_normalisation C1
 #    frames of each latent group were nearer the previous frame's opening than their own) and the generated video
 #    inherited the lag: best lip-sync offset +1 on half the held-out clips. --mouth-sync-weight 0.5: the L1 between
 #    each frame's mouth-interior area in the reconstruction and the target. 1,000 more decoder steps from step 8 (a
-#    fresh cosine schedule, lr 1e-4, 2 threads, 19 min): lag 0.50 -> 0.33 frames (VAE) and 0.42 -> 0.19 (generated);
-#    lip-sync 0.84 -> 0.86.
+#    fresh cosine schedule, lr 1e-4, 2 threads, 19 min): lag 0.50 -> 0.33 frames (VAE) and 0.42 -> 0.19 (generated),
+#    lip-sync 0.84 -> 0.86; the same run without the term (a control): 0.53, 0.30, 0.84.
 python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/S1" \
   --init-from "$WORK/runs/C1/vae" --freeze-encoder --stages 17x1:1000 --context-frames 80 --posterior-mean \
   --learning-rate 1e-4 --lr-warmup-steps 20 --mouth-weight 50 --mouth-sync-weight 0.5 --gradient-weight 1 \
