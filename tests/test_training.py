@@ -200,6 +200,61 @@ def test_flow_loss_supervises_the_warp_head_only(shards):
         VAETrainingModule(CausalVideoVAE(**{**get_preset("tiny")["vae"], "ref_warp_channels": 0}), 0.0, flow_weight=1)
 
 
+def test_adversarial_term_keeps_the_discriminator_and_the_decoder_apart(shards, tmp_path):
+    """`adversarial_weight`: the discriminator's gradient is that of its own hinge loss on the detached
+    reconstruction, the generator term changes the VAE's gradients and nothing in the discriminator, the
+    discriminator learns to tell sharp frames from blurred ones, and it is not saved with the VAE."""
+    from safetensors.torch import load_file
+
+    from portrait_rt.models.vae import CausalVideoVAE
+    from portrait_rt.presets import get_preset
+    from portrait_rt.training.vae import PatchDiscriminator, adversarial_losses
+
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(**{**get_preset("tiny")["vae"], "resolution": 64})
+    module = VAETrainingModule(vae, kl_weight=0.0, sample_posterior=False, adversarial_weight=0.5)
+    video, references = torch.rand(1, 3, 5, 64, 64) * 2 - 1, torch.rand(1, 1, 3, 64, 64) * 2 - 1
+
+    def gradients(weight):
+        module.adversarial_weight = weight
+        module.zero_grad()
+        loss, logs = module(video, references, torch.Generator().manual_seed(0))
+        loss.backward()
+        return logs, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+    logs, with_term = gradients(0.5)
+    assert {"adversarial", "discriminator"} <= set(logs)
+    _, without = gradients(0.0)
+    changed = {n for n, g in with_term.items() if not torch.allclose(g, without[n], atol=1e-8)}
+    assert changed and all(n.startswith("vae.") for n in changed)  # the generator term: the VAE only
+    module.zero_grad()
+    recon = module.vae(video, references, False)[0].detach()
+    d = module.discriminator
+    critic = torch.relu(1 - d(video.movedim(2, 1)[0])).mean() + torch.relu(1 + d(recon.movedim(2, 1)[0])).mean()
+    critic.backward()
+    for n, p in d.named_parameters():
+        torch.testing.assert_close(with_term[f"discriminator.{n}"], p.grad)
+
+    # The critic's sign: trained on its loss alone, it scores sharp frames above their blur.
+    sharp = torch.rand(1, 3, 4, 64, 64) * 2 - 1
+    blurred = torch.nn.functional.avg_pool3d(sharp, (1, 5, 5), stride=1, padding=(0, 2, 2), count_include_pad=False)
+    critic_only = PatchDiscriminator()
+    optimizer = torch.optim.Adam(critic_only.parameters(), lr=1e-3)
+    for _ in range(20):
+        generator_loss, critic_loss = adversarial_losses(critic_only, blurred, sharp)
+        optimizer.zero_grad()
+        critic_loss.backward()
+        optimizer.step()
+    real, fake = (-adversarial_losses(critic_only, v, sharp)[0] for v in (sharp, blurred))
+    assert real > fake + 1.0
+
+    trainer = VAETrainer(_vae_config(tmp_path), shards.root, preset="tiny", stages=[(5, 1, 2)], adversarial_weight=0.1)
+    assert all(r["discriminator"] > 0 and np.isfinite(r["adversarial"]) for r in trainer.train())
+    assert not any("discriminator" in k for k in load_file(tmp_path / "vae" / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(ValueError, match="adversarial-weight"):
+        VAETrainer(_vae_config(tmp_path / "x"), shards.root, preset="tiny", stages=[(5, 1, 2)], adversarial_weight=-1)
+
+
 def test_mouth_area_counts_the_interior_per_frame():
     from portrait_rt.data.synthetic import MOUTH_INTERIOR_RGB
     from portrait_rt.training.vae import MOUTH_AREA_SCALE, mouth_area
@@ -449,16 +504,27 @@ def test_bundled_demo_vae_keeps_the_face_deep_into_a_stream(demo_run):
 
 
 def test_report_fills_the_model_cards_table(demo_run, tmp_path):
-    """`python -m portrait_rt.training.report` on the bundled model (one held-out clip, no CFG sweep): every row of
-    the card's table, the contact sheet, and the sharp ceiling: the same clip with another head motion scores below
-    the ground truth against itself (MAX_PSNR, 100 dB) and, since frame 0 is shared, above 10 dB."""
+    """`python -m portrait_rt.training.report` on the bundled model (one held-out clip): every row of the card's
+    table, the contact sheet, the sharp ceiling (the same clip with another head motion scores below the ground
+    truth against itself, MAX_PSNR, and, since frame 0 is shared, above 10 dB), and the CFG sweep's mouth amplitude:
+    the bundled model opens the mouth about as far as the ground truth does (0.89 of it on average at lambda_a 1 on
+    8 clips)."""
     from portrait_rt.training.export import metrics_table
-    from portrait_rt.training.report import evaluate_model
+    from portrait_rt.training.report import CFG_SETTINGS, evaluate_model
 
     pipe, _, _ = demo_run
-    report = evaluate_model(pipe, num_clips=1, duration=2.0, cfg=False, sheet_path=tmp_path / "sheet.png")
+    report = evaluate_model(pipe, num_clips=1, duration=2.0, cfg=True, sheet_path=tmp_path / "sheet.png")
     table = metrics_table(report)
-    for label in ("detail kept, generated", "VAE reconstruction PSNR", "ceiling for a sharp generator", "lip-sync r,"):
+    for label in (
+        "detail kept, generated",
+        "VAE reconstruction PSNR",
+        "ceiling for a sharp generator",
+        "lip-sync r,",
+        "lambda_a 1 -> 2 raises the mouth's amplitude",
+        "CFG la=2,lr=2: lip-sync r / mouth amplitude",
+    ):
         assert label in table
     assert 10.0 < report["sharp_ceiling_psnr"] < 60.0
+    assert len(report["cfg"]) == len(CFG_SETTINGS)
+    assert all(0.6 < v["mouth_amplitude"] < 1.4 for v in report["cfg"].values())
     assert Image.open(tmp_path / "sheet.png").size[0] > pipe.resolution

@@ -298,6 +298,7 @@ def metrics_table(metrics: dict) -> str:
         ("ground_truth_lipsync_r", "lip-sync r of ground-truth renders (the metric's ceiling)", "~1"),
         ("vae_lipsync_r", "lip-sync r of VAE reconstructions (the DiT's ceiling)", ""),
         ("cfg_audio_raises_lipsync_clips", "clips where lambda_a 1 -> 2 raises lip-sync", "most"),
+        ("cfg_audio_raises_amplitude_clips", "clips where lambda_a 1 -> 2 raises the mouth's amplitude", ""),
         ("mouth_silence", "mouth opening in silence / in speech", "closed (<< 1)"),
         ("drift_drop_db", "background PSNR drop, first -> last 10 s window", "~0 (no drift)"),
         ("drift_minutes", "stream length for the drift figure (min)", "5"),
@@ -314,7 +315,10 @@ def metrics_table(metrics: dict) -> str:
         rows.append((f"VAE PSNR, M = {m} references (17-frame windows)", f"{v:.2f} dB", "rises with M"))
     for name, v in metrics.get("cfg", {}).items():
         r0 = f" (at offset 0: {v['r_at_zero']:.3f})" if "r_at_zero" in v else ""
-        rows.append((f"CFG {name}: lip-sync r / PSNR", f"{v['r']:.3f}{r0} / {v['psnr']:.2f} dB", "Table II"))
+        label, value = "lip-sync r", f"{v['r']:.3f}{r0}"
+        if "mouth_amplitude" in v:
+            label, value = f"{label} / mouth amplitude", f"{value} / {v['mouth_amplitude']:.3f}"
+        rows.append((f"CFG {name}: {label} / PSNR", f"{value} / {v['psnr']:.2f} dB", "Table II"))
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     fmt = [("| " + " | ".join(c.ljust(w) for c, w in zip(r, width)) + " |") for r in rows]
     return "\n".join([fmt[0], "|" + "|".join("-" * (w + 2) for w in width) + "|", *fmt[1:]])

@@ -12,8 +12,9 @@
   perfect, sharp generator gets; above it, PSNR rewards blur (the average of the possible poses), not a better model;
 - a contact sheet (PNG): ground truth, VAE reconstruction and generated frames of two clips, row over row;
 - mouth in silence: mean pixel-measured opening over silent stretches / over speech;
-- CFG trends (paper Table II): lip-sync r and whole-frame PSNR per (λa, λr), and on how many clips λa 1 -> 2 raises
-  lip-sync;
+- CFG trends (paper Table II): lip-sync r, the mouth's amplitude (the standard deviation of its opening over the
+  ground truth's: r is a correlation, blind to how far the mouth opens) and whole-frame PSNR per (λa, λr), and on
+  how many clips λa 1 -> 2 raises each of lip-sync and amplitude;
 - VAE PSNR against the number of references M = 0..3 (paper Table 2) on 17-frame held-out windows;
 - drift: background PSNR per 10 s window over a long stream (`--drift-minutes`);
 - speed: generated frames per second of wall-clock time while measuring (this machine, whatever its load).
@@ -161,22 +162,24 @@ def evaluate_model(
         contact_sheet(clips[:2], rows).save(sheet_path)
         report["contact_sheet"] = Path(sheet_path).name
 
-    # 2. CFG (paper Table II): lip-sync and whole-frame PSNR per (lambda_a, lambda_r), and on how many clips raising
-    #    lambda_a from 1 to 2 (lambda_r 1) raises lip-sync.
+    # 2. CFG (paper Table II): lip-sync, mouth amplitude and whole-frame PSNR per (lambda_a, lambda_r), and on how
+    #    many clips raising lambda_a from 1 to 2 (lambda_r 1) raises lip-sync and amplitude.
     if cfg:
-        runs, by_clip = {}, {}
+        runs, by_clip, names = {}, {}, ("r", "r_at_zero", "mouth_amplitude", "psnr")
+        truth_amplitude = [mouth_opening(c.frames).std() for c in clips]
         for la, lr in CFG_SETTINGS:
             scores = []
-            for c in clips:
+            for c, amplitude in zip(clips, truth_amplitude):
                 frames, _ = _generate(pipe, c.frames[0], c.audio, la, lr)
                 s = lipsync_score(frames, c.audio)
-                scores.append((s["r"], s["r_at_zero"], masked_psnr(frames, c.frames[: len(frames)])))
-            by_clip[(la, lr)] = scores
-            runs[f"la={la:g},lr={lr:g}"] = {name: float(np.mean(v)) for name, v in zip(("r", "r_at_zero", "psnr"),
-                                                                                        zip(*scores))}  # fmt: skip
+                scores.append((s["r"], s["r_at_zero"], float(s["measured"].std() / max(amplitude, 1e-6)),
+                               masked_psnr(frames, c.frames[: len(frames)])))  # fmt: skip
+            by_clip[(la, lr)] = [dict(zip(names, v)) for v in scores]
+            runs[f"la={la:g},lr={lr:g}"] = {name: float(np.mean(v)) for name, v in zip(names, zip(*scores))}
         report["cfg"] = runs
-        raised = [b[0] > a[0] for a, b in zip(by_clip[(1.0, 1.0)], by_clip[(2.0, 1.0)])]
-        report["cfg_audio_raises_lipsync_clips"] = f"{sum(raised)}/{len(raised)}"
+        for name, key in (("lipsync", "r"), ("amplitude", "mouth_amplitude")):
+            raised = [b[key] > a[key] for a, b in zip(by_clip[(1.0, 1.0)], by_clip[(2.0, 1.0)])]
+            report[f"cfg_audio_raises_{name}_clips"] = f"{sum(raised)}/{len(raised)}"
 
     # 3. Mouth in silence: 1 s silence, speech, 1.5 s silence.
     c = clips[0]

@@ -33,6 +33,14 @@ In videos without the reserved colour they reduce to the plain loss (the probe t
 Sharpness (`--gradient-weight G`, not in the paper): the L1 of the image gradients counts G times; an edge the
 reconstruction blurs costs on both sides of it. The demo's reference-warp stage used G = 1 (see scripts/train_demo.sh).
 
+Adversarial term (`--adversarial-weight A`, not in the paper; most video VAEs train with one): a small patch
+discriminator (`PatchDiscriminator`) scores 38 x 38 px patches of single frames, and the reconstruction's hinge
+generator loss counts A times. Without the right flow the warp cannot place the references' sharp pixels where a
+moved head is, and L1 then prefers the decoder's blur (the average of where the head may be): the extra decoder
+steps of demo v6 lost detail that way. The discriminator lives in the training module and trains with the same
+optimizer on the hinge loss, its gradient kept apart from the decoder's: it sees the reconstruction detached, and
+the generator term sees it through detached weights. It is discarded with the module, like the mouth probe.
+
 Reference flow (`--flow-weight F`, not in the paper; VAEs with the reference warp): the warp's flow learns little
 from the pixel loss alone (a bilinear warp's gradient sees about a pixel, and the head moves several), so the head
 keeps the reference's pose. Each step, OpenCV's Farneback optical flow from every target frame to every reference
@@ -160,6 +168,37 @@ def reference_flow(video: np.ndarray, references: np.ndarray) -> tuple[np.ndarra
     return flow, valid
 
 
+class PatchDiscriminator(nn.Module):
+    """A small PatchGAN on single frames: (N, 3, H, W) in [-1, 1] -> (N, 1, H/8, W/8) realness logits, one per
+    38 x 38 px patch (three 4 x 4 convolutions of stride 2, then a 3 x 3)."""
+
+    def __init__(self, channels: int = 32):
+        super().__init__()
+        layers, width = [], 3
+        for i, out in enumerate((channels, 2 * channels, 4 * channels)):
+            layers += [nn.Conv2d(width, out, 4, stride=2, padding=1)]
+            layers += [nn.GroupNorm(8, out)] if i else []
+            layers += [nn.LeakyReLU(0.2)]
+            width = out
+        self.net = nn.Sequential(*layers, nn.Conv2d(width, 1, 3, padding=1))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.net(frames)
+
+
+def adversarial_losses(
+    discriminator: PatchDiscriminator, recon: torch.Tensor, video: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hinge losses on the frames of `recon` and `video` (B, 3, T, H, W) -> (generator, discriminator). Each reaches
+    one side only: the generator loss flows into `recon` through detached discriminator weights, the discriminator
+    loss into the discriminator through a detached `recon`."""
+    fake, real = (v.float().movedim(2, 1).flatten(0, 1) for v in (recon, video))  # (B*T, 3, H, W)
+    frozen = {name: p.detach() for name, p in discriminator.named_parameters()}
+    generator = -torch.func.functional_call(discriminator, frozen, (fake,)).mean()
+    critic = F.relu(1 - discriminator(real)).mean() + F.relu(1 + discriminator(fake.detach())).mean()
+    return generator, critic
+
+
 class VAETrainingModule(nn.Module):
     """The VAE and its loss in one module, so `accelerate` (DDP, autocast) wraps a single forward."""
 
@@ -175,9 +214,12 @@ class VAETrainingModule(nn.Module):
         gradient_weight: float = 0.0,
         flow_weight: float = 0.0,
         mouth_sync_weight: float = 0.0,
+        adversarial_weight: float = 0.0,
     ):
         super().__init__()
         self.vae, self.kl_weight, self.sample_posterior = vae, kl_weight, sample_posterior
+        self.adversarial_weight = adversarial_weight
+        self.discriminator = PatchDiscriminator() if adversarial_weight > 0 else None
         if flow_weight > 0 and vae.reference_warp is None:
             raise ValueError("--flow-weight trains the reference warp; this VAE has none (set ref_warp_channels).")
         self.flow_weight = flow_weight
@@ -230,6 +272,10 @@ class VAETrainingModule(nn.Module):
             grad = image_gradient_l1(recon.float(), video)
             logs["gradient_l1"] = grad.detach()
             l1 = l1 + self.gradient_weight * grad
+        if self.discriminator is not None:
+            generator_loss, critic_loss = adversarial_losses(self.discriminator, recon, video)
+            logs["adversarial"], logs["discriminator"] = generator_loss.detach(), critic_loss.detach()
+            l1 = l1 + self.adversarial_weight * generator_loss + critic_loss
         if head_outputs:  # (B*T*M, 3, H/4, W/4), flattened as the head's inputs: batch, frame, reference
             d = self.vae.reference_warp.downscale
             predicted = head_outputs[-1][:, :2].float() * d  # the last decode: the frames after the context
@@ -282,13 +328,15 @@ class VAETrainer(Trainer):
         flow_weight: float = 0.0,
         context_frames: int = 0,
         mouth_sync_weight: float = 0.0,
+        adversarial_weight: float = 0.0,
     ):
         if context_frames < 0 or context_frames % 4:
             raise ValueError(f"--context-frames must be a multiple of 4 (whole latent frames), got {context_frames}.")
         self.context_frames = context_frames
-        if min(lpips_weight, gradient_weight, flow_weight) < 0:
-            raise ValueError(f"--lpips-weight, --gradient-weight, --flow-weight must be >= 0, got {lpips_weight}, "
-                             f"{gradient_weight}, {flow_weight}.")  # fmt: skip
+        weights = dict(lpips=lpips_weight, gradient=gradient_weight, flow=flow_weight, adversarial=adversarial_weight)
+        if negative := [f"--{name}-weight {w}" for name, w in weights.items() if w < 0]:
+            raise ValueError(f"{', '.join(negative)}: loss weights must be >= 0.")
+        self.adversarial_weight = adversarial_weight
         if lpips_weight > 0 and not (lpips_backbone and lpips_heads):
             raise ValueError(
                 "--lpips-weight > 0 needs local LPIPS weights (nothing is downloaded): pass --lpips-backbone "
@@ -351,6 +399,7 @@ class VAETrainer(Trainer):
             gradient_weight=self.gradient_weight,
             flow_weight=self.flow_weight,
             mouth_sync_weight=self.mouth_sync_weight,
+            adversarial_weight=self.adversarial_weight,
         )
 
     def stage(self, step: int) -> tuple[int, int]:
@@ -461,6 +510,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "--gradient-weight", type=float, default=0.0, help="weight of the image-gradient L1 (a sharpness term)"
     )
     parser.add_argument(
+        "--adversarial-weight",
+        type=float,
+        default=0.0,
+        help="weight of a patch discriminator's hinge loss (docstring)",
+    )
+    parser.add_argument(
         "--flow-weight",
         type=float,
         default=0.0,
@@ -501,4 +556,5 @@ def build_trainer(args: argparse.Namespace) -> VAETrainer:
         flow_weight=args.flow_weight,
         context_frames=args.context_frames,
         mouth_sync_weight=args.mouth_sync_weight,
+        adversarial_weight=args.adversarial_weight,
     )
