@@ -186,7 +186,7 @@ keep_dit_normalisation S1
 #    average of where the head may be) to the references' sharp but displaced pixels, and decoder steps keep it so:
 #    VAE detail 0.67 after step 9 (0.70 before it). --adversarial-weight 0.1: a small patch discriminator's hinge loss;
 #    with it the image-gradient term at 3, which kept the discriminator from painting hatching into flat skin (at 1:
-#    an orange hatch on some faces). 800 decoder steps from step 9, 2 runs side by side on one thread each (~15 min).
+#    an orange hatch on some faces). 800 decoder steps from step 9 (~15 min on one thread, beside another run).
 #    Against the same 800 steps without the discriminator (a control): VAE detail 0.78 vs 0.68, PSNR 21.54 vs 21.69.
 python -m portrait_rt train vae --data "$WORK/corpus128" --output-dir "$WORK/runs/AG" \
   --init-from "$WORK/runs/S1/vae" --freeze-encoder --stages 17x1:800 --context-frames 80 --posterior-mean \
