@@ -74,6 +74,7 @@ def _files(d: Path) -> dict[str, Path]:
     speech = speech_like(1.2)
     f = {"speech": _wav(d / "speech.wav", speech)}
     f["speech_long"] = _wav(d / "long.wav", speech_like(MAX_AUDIO_S + 2))
+    f["speech_near_limit"] = _wav(d / "near_limit.wav", speech_like(MAX_AUDIO_S - 0.5))
     f["antiphase"] = _wav(d / "antiphase.wav", np.stack([speech, -speech], axis=1))
     f["stereo"] = _wav(d / "stereo.wav", np.stack([speech, 0.5 * speech], axis=1))
     f["six_channels"] = _wav(d / "six.wav", np.repeat(speech[:, None], 6, axis=1))
@@ -331,7 +332,8 @@ def test_one_session_cannot_fill_the_queue(server):
     from gradio_client.exceptions import ValidationError
 
     client, files, _ = server
-    long = {"audio": "stereo", "steps": 8}  # long enough to still be running when the third one asks
+    # ~20x the work of the table's clip (5.5 s at 30 steps): still running when the third one asks, on a fast CPU too
+    long = {"audio": "speech_near_limit", "steps": 30}
     jobs = [_submit(client, files, long) for _ in range(2)]
     time.sleep(0.5)
     with pytest.raises(ValidationError, match="speech_audio.*already have 2"):
