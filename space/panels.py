@@ -109,7 +109,7 @@ def about_markdown(choice: ModelChoice, pipe) -> str:
             "faces at 128 px with espeak-ng speech, about 7.5 hours on a 2-core CPU; nothing was downloaded.",
             "**Does well:** portraits like the examples (synthetic cartoons): background, hair, glasses and earrings "
             "stay sharp, also minutes into a stream; the mouth opens and closes with the speech (lip-sync r 0.87 on "
-            "held-out clips); real time on a CPU (40 to 90 frames per second on one thread, by the CPU).",
+            "held-out clips); real time on a CPU (40 to 90 frames per second on one thread, depending on the CPU).",
             "**Does not do (yet):** move the head (it keeps the reference's pose); a sharp mouth (the mouth area and "
             "blinks are blurry); real photographs (the background and face stay, but the mouth painted in is a "
             "cartoon's; see the samples below). The mouth follows loudness and the broad sound of the voice, not "
