@@ -125,7 +125,7 @@ def evaluate_model(
 
     # 1. Per clip: the model at the app's defaults, the VAE alone (its ceiling) and the reference held still (the
     #    baseline the VAE must beat), each against the ground-truth render; the render's own lip-sync (the ceiling).
-    per_clip, generated, reconstructed = [], [], []
+    per_clip, generated, reconstructed, truth_amplitude = [], [], [], []  # truth_amplitude: std of the true opening
     for k, c in enumerate(clips):
         frames, dt = _generate(pipe, c.frames[0], c.audio)
         recon = vae_reconstruct(pipe.vae, c.frames)
@@ -135,6 +135,7 @@ def evaluate_model(
         except ValueError:  # the person fills the frame: no background to score on this clip
             background = None
         sync, vae_sync = lipsync_score(frames, c.audio), lipsync_score(recon, c.audio)
+        truth_sync = lipsync_score(c.frames, c.audio)
         per_clip.append({
             "lipsync_r": sync["r"], "lipsync_offset": sync["offset"], "lipsync_r_at_zero": sync["r_at_zero"],
             "lipsync_lag": sync["lag"], "vae_lipsync_lag": vae_sync["lag"],
@@ -148,9 +149,9 @@ def evaluate_model(
                 masked_psnr(render_clip(k, res, duration, "eval", motion_seed=s).frames[: len(gt)], gt)
                 for s in SHARP_CEILING_MOTIONS
             ])),
-            "ground_truth_lipsync_r": lipsync_score(c.frames, c.audio)["r"], "fps": len(frames) / dt,
+            "ground_truth_lipsync_r": truth_sync["r"], "fps": len(frames) / dt,
         })  # fmt: skip
-        generated.append(frames), reconstructed.append(recon)
+        generated.append(frames), reconstructed.append(recon), truth_amplitude.append(truth_sync["measured"].std())
     report["per_clip"] = per_clip
     for key in per_clip[0]:
         report[key] = float(np.mean([p[key] for p in per_clip if p[key] is not None]))
@@ -166,7 +167,6 @@ def evaluate_model(
     #    many clips raising lambda_a from 1 to 2 (lambda_r 1) raises lip-sync and amplitude.
     if cfg:
         runs, by_clip, names = {}, {}, ("r", "r_at_zero", "mouth_amplitude", "psnr")
-        truth_amplitude = [mouth_opening(c.frames).std() for c in clips]
         for la, lr in CFG_SETTINGS:
             scores = []
             for c, amplitude in zip(clips, truth_amplitude):
