@@ -15,7 +15,9 @@ from PIL import Image
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from space.realtime import LiveGate, LiveRefused, LiveServer, env_int, pack_block, parse_start, unpack_block
+from space.gate import LiveGate, LiveRefused
+from space.protocol import pack_block, parse_start, unpack_block
+from space.realtime import LiveServer, env_int
 from tests.conftest import speech_like
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,0 +1,185 @@
+"""One live conversation over one WebSocket (`Session`): it waits for its slot, then feeds the audio that arrives
+(`Inbox`) into its own pipeline stream and sends each block back as soon as it is made, until stop, the time limit,
+silence, or a backlog too long to be real time; whatever it held is freed when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import numpy as np
+
+from portrait_rt.constants import SAMPLE_RATE
+from space.gate import LiveGate, LiveRefused
+from space.protocol import LiveRequest, pack_block
+
+logger = logging.getLogger(__name__)
+IDLE_TIMEOUT_S = 10.0  # no audio for this long (after "ready"): the microphone is gone, the session ends
+MAX_BACKLOG_S = 3.0  # audio waiting for the model: more than this and the stream is not real time any more
+
+_STOP = object()
+
+
+class Inbox:
+    """A session's audio from the socket, waiting for the model: int16 chunks and the stop mark."""
+
+    def __init__(self):
+        self._items: list = []
+        self._ready = asyncio.Event()
+        self.samples = 0  # waiting now
+
+    def put(self, item) -> None:
+        self._items.append(item)
+        self.samples += 0 if item is _STOP else item.size
+        self._ready.set()
+
+    def stop(self) -> None:
+        self.put(_STOP)
+
+    async def take_all(self) -> tuple[np.ndarray, bool]:
+        """Wait for something, then take everything waiting: (all the audio as one array, whether stop came)."""
+        await self._ready.wait()
+        items, self._items, self.samples = self._items, [], 0
+        self._ready.clear()
+        audio = [c for c in items if c is not _STOP]
+        return (np.concatenate(audio) if audio else np.zeros(0, np.int16)), len(audio) < len(items)
+
+
+class Session:
+    """One browser tab's live stream on socket `ws`: its own `pipe` stream, admitted by a `LiveGate`."""
+
+    def __init__(self, ws, request: LiveRequest, pipe, time_limit_s: float):
+        self.ws, self.request, self.pipe, self.time_limit_s = ws, request, pipe, time_limit_s
+        self.inbox = Inbox()
+        self.admitted = asyncio.Event()
+
+    async def run(self, gate: LiveGate, on_admitted=lambda: None) -> None:
+        """Wait in `gate`'s line, then stream; `on_admitted()` once a slot is held. Ends with the socket closed."""
+        from starlette.websockets import WebSocketDisconnect
+
+        ws = self.ws
+        receiver = asyncio.create_task(self._receive())
+        entered = False
+        try:
+            waiting = asyncio.create_task(gate.enter(lambda n: ws.send_json({"type": "queued", "position": n})))
+            await asyncio.wait({waiting, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():  # the client left (or misbehaved) while waiting in line
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+                receiver.result()  # a protocol error is told to the client
+                return
+            waiting.result()  # LiveRefused
+            entered = True
+            on_admitted()
+            self.admitted.set()
+            worker = asyncio.create_task(self._stream())
+            await asyncio.wait({worker, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if not worker.done():  # the socket closed mid-stream (or broke the protocol): stop, free the stream
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+                receiver.result()
+                return
+            worker.result()  # a bad setting (ValueError) is told to the client
+        except LiveRefused as err:
+            await send(ws, {"type": "refused", "message": str(err)})
+        except ValueError as err:
+            await send_error(ws, str(err))
+        except WebSocketDisconnect:
+            pass
+        except Exception as err:  # the model or the socket failed mid-stream: say so, free everything
+            logger.exception("live session failed")
+            await send_error(ws, f"The live stream failed ({type(err).__name__}: {err}); press Talk to start again.")
+        finally:
+            if entered:
+                gate.leave()
+            receiver.cancel()
+            await close(ws)
+
+    async def _receive(self) -> None:
+        """Everything the client sends; ends when the socket closes."""
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("bytes") is not None:
+                if not self.admitted.is_set():
+                    raise ValueError("Audio came before the server said 'ready'.")
+                self.inbox.put(np.frombuffer(message["bytes"], "<i2"))
+            elif json.loads(message.get("text") or "{}").get("type") == "stop":
+                self.inbox.stop()
+
+    async def _stream(self) -> None:
+        """Audio from the inbox -> blocks sent back, until stop, the time limit, silence of the socket or a backlog."""
+        ws, pipe, inbox, rate = self.ws, self.pipe, self.inbox, self.request.sample_rate
+        stream = await in_thread(pipe.start_stream, list(self.request.references), **self.request.settings)
+        await ws.send_json(
+            {
+                "type": "ready",
+                "block_frames": int(stream.group.position.block_video_frames(1)),
+                "time_limit_s": self.time_limit_s,
+                "sample_rate": SAMPLE_RATE,
+            }
+        )
+        received, limit, reason = 0, int(self.time_limit_s * rate), "stopped"
+        while True:
+            try:
+                samples, stop = await asyncio.wait_for(inbox.take_all(), IDLE_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                reason = f"no audio for {IDLE_TIMEOUT_S:.0f} s (is the microphone on?)"
+                break
+            if received + samples.size >= limit:
+                samples, stop, reason = samples[: limit - received], True, f"time limit ({self.time_limit_s:.0f} s)"
+            received += samples.size
+            if samples.size:
+                await self._send_blocks(lambda s=samples: pipe.feed(stream, s, rate))
+            backlog = inbox.samples / rate
+            if backlog > MAX_BACKLOG_S:
+                reason = f"the server fell {backlog:.1f} s behind the microphone (too busy); try again later"
+                break
+            if stop:
+                break
+        await self._send_blocks(lambda: pipe.flush(stream))
+        await ws.send_json({"type": "ended", "reason": reason, "audio_s": round(received / rate, 2)})
+
+    async def _send_blocks(self, blocks) -> None:
+        """Run `blocks()` (an iterator of `BlockRecord`s) in a worker thread, a block at a time (JPEG-encoded there),
+        sending each as soon as it is made."""
+        records = iter(blocks())  # a generator: nothing runs until the first `next`
+        while (message := await in_thread(_next_packed, records)) is not None:
+            await self.ws.send_bytes(message)
+
+
+def _next_packed(records) -> bytes | None:
+    record = next(records, None)
+    return None if record is None else pack_block(record)
+
+
+async def in_thread(fn, *args, **kwargs):
+    """`fn` in a worker thread, run to its end even if the caller is cancelled (a block is never left half done:
+    the caller's cancellation waits for it, so a freed slot is really free)."""
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.gather(future, return_exceptions=True)
+        raise
+
+
+async def send(ws, message: dict) -> None:
+    try:
+        await ws.send_json(message)
+    except Exception:  # noqa: BLE001 - the client may have gone already; nothing left to tell it
+        pass
+
+
+async def send_error(ws, text: str) -> None:
+    await send(ws, {"type": "error", "message": text})
+    await close(ws)
+
+
+async def close(ws) -> None:
+    try:
+        await ws.close()
+    except Exception:  # noqa: BLE001 - already closed
+        pass
