@@ -9,14 +9,16 @@ import time
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     from portrait_rt.loading import add_model_arguments
 
-    add_model_arguments(parser)
+    add_model_arguments(parser, random_fallback=False)  # a video from random weights is noise: refuse
     parser.add_argument("--ref", action="append", required=True, help="reference portrait (repeat for up to 3)")
     parser.add_argument("--audio", required=True, help="speech audio file (wav, flac, ogg, mp3, ...)")
     parser.add_argument("--out", default="out.mp4", help="output mp4 path (default: %(default)s)")
     parser.add_argument("--guidance-audio", type=float, default=2.0, help="audio CFG scale (lip-sync), 1 = off")
     parser.add_argument("--guidance-reference", type=float, default=2.0, help="reference CFG scale (stability)")
     parser.add_argument("--steps", type=int, default=12, help="denoising steps (default: %(default)s, the paper's)")
-    parser.add_argument("--block-size", type=int, default=None, help="latent frames per block, 1-4")
+    parser.add_argument(
+        "--block-size", type=int, default=None, help="latent frames per block, 1-4 (default: the model's block_size)"
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 

@@ -44,11 +44,13 @@ class ModelChoice:
         return self.model.startswith("preset:")
 
 
-def choose_model(requested: str | None = None, bundled: str | os.PathLike = BUNDLED_MODEL) -> ModelChoice:
-    """`requested`, else `$PORTRAIT_RT_MODEL`, else the `bundled` demo folder if present, else `preset:tiny`."""
+def choose_model(requested: str | None = None, bundled: str | os.PathLike | None = None) -> ModelChoice:
+    """`requested`, else `$PORTRAIT_RT_MODEL`, else the `bundled` demo folder (default: `BUNDLED_MODEL`) if present,
+    else `preset:tiny`."""
     requested = requested or os.environ.get(MODEL_ENV)
     if requested:
         return ModelChoice(requested)
+    bundled = BUNDLED_MODEL if bundled is None else bundled
     if Path(bundled).is_dir():
         return ModelChoice(str(bundled))
     return ModelChoice(
@@ -91,6 +93,11 @@ def load_pipeline(
 
     auto_device, auto_dtype = default_device_dtype()
     device = torch.device(device or auto_device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(device)!r}: this machine has no CUDA GPU that torch can use; pass device='cpu', or no"
+            " device (CUDA where available, else CPU)."
+        )
     if threads or device.type == "cpu":
         torch.set_num_threads(threads or default_threads())
     dtype = dtype or (auto_dtype if device.type == "cuda" else torch.float32)
@@ -104,19 +111,58 @@ def load_pipeline(
                     kept = any(k in name.split(".") for k in keep)
                     param.data = param.data.to(torch.float32 if kept else torch_dtype)
     else:
-        pipe = PortraitRTPipeline.from_pretrained(model, dtype=torch_dtype)
+        pipe = _from_folder_or_hub(PortraitRTPipeline, model, torch_dtype)
     return pipe.to(device)
 
 
+def _from_folder_or_hub(cls, model: str, torch_dtype: torch.dtype | None):
+    """`cls.from_pretrained(model)`, with a missing folder reported as one (not as a failed Hub download).
+
+    `model` is a local folder when it exists, or when it cannot be a Hub id (`./x`, `/x`, `a/b/c`) or its parent folder
+    exists here (`assets/typo`); otherwise it is looked up on the Hub, and a failed lookup names both possibilities.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise FileNotFoundError(f"Model folder {model!r} has no model_index.json: it is not a pipeline folder.")
+        return cls.from_pretrained(str(path), dtype=torch_dtype)
+    try:
+        validate_repo_id(model)
+        hub_id = path.parent == Path(".") or not path.parent.is_dir()
+    except HFValidationError:
+        hub_id = False
+    if not hub_id:
+        raise FileNotFoundError(f"Model folder {model!r} does not exist (looked in {Path.cwd()}).")
+    try:
+        return cls.from_pretrained(model, dtype=torch_dtype)
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0][:200]
+        raise OSError(
+            f"Model {model!r} is not a folder here ({Path.cwd()}) and could not be loaded from the Hugging Face Hub "
+            f"({reason})."
+        ) from error
+
+
 # ---------------------------------------------------------------------------------------------- command lines
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--model`, `--device`, `--dtype`, `--threads`: how every entry point says which pipeline to load, and where."""
+def add_model_arguments(parser: argparse.ArgumentParser, random_fallback: bool = True) -> None:
+    """`--model`, `--device`, `--dtype`, `--threads`: how every entry point says which pipeline to load, and where.
+
+    `random_fallback=False`: with no model asked for and no bundled one, `load_from_args` refuses instead of loading
+    random weights; for commands whose output is only worth having from a trained model (`generate`).
+    """
+    fallback = (
+        f"{FALLBACK_MODEL} (random weights)"
+        if random_fallback
+        else f"an error (pass {FALLBACK_MODEL} for random weights)"
+    )
     parser.add_argument(
         "--model",
         default=None,
-        help=f"pipeline folder, Hub id or preset:NAME (default: ${MODEL_ENV}, else the bundled demo, else "
-        f"{FALLBACK_MODEL})",
+        help=f"pipeline folder, Hub id or preset:NAME (default: ${MODEL_ENV}, else the bundled demo, else {fallback})",
     )
+    parser.set_defaults(random_fallback=random_fallback)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument(
         "--dtype", default=None, choices=list(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU"
@@ -125,9 +171,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_from_args(args: argparse.Namespace) -> tuple[PortraitRTPipeline, ModelChoice]:
-    """The pipeline `add_model_arguments`' options ask for, and the choice behind it (a fallback notice is logged)."""
+    """The pipeline `add_model_arguments`' options ask for, and the choice behind it (a fallback notice is logged, or,
+    where the parser was made with `random_fallback=False`, a `ValueError` saying what to pass)."""
     choice = choose_model(args.model)
     if choice.notice:
+        if not getattr(args, "random_fallback", True):
+            raise ValueError(
+                f"No model to load: the bundled demo model ({BUNDLED_MODEL}) is not here (it ships with a checkout of "
+                f"the repository, not with the package). Pass --model PATH_OR_HUB_ID (or set ${MODEL_ENV}), or "
+                f"--model {FALLBACK_MODEL} for randomly initialised weights (noise, for testing)."
+            )
         logger.warning(choice.notice)
     dtype = DTYPES[args.dtype] if args.dtype else None
     return load_pipeline(choice.model, args.device, dtype, args.threads), choice

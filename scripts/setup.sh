@@ -5,7 +5,8 @@
 # Debian packages (packages.txt; python3-venv where Python cannot make a virtual environment; chromium with --dev)
 # are installed with apt-get when run as root; otherwise the script names the missing ones. .venv is made with
 # $PYTHON (default python3) if it is missing or broken, else reused; the package goes into it editable, against the
-# exact pins of requirements.txt (requirements-dev.txt with --dev). Run it again after pulling: it is quick.
+# pins of requirements-local.txt (requirements-dev.txt with --dev) and the Gradio of README.md's `sdk_version` (the
+# Space's). Run it again after pulling: when none of those files changed, pip is not run at all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0
@@ -36,9 +37,22 @@ if ! have_venv; then
   "$python" -m venv --clear "$venv"
 fi
 
-reqs=requirements.txt
+reqs=requirements-local.txt
 target=.
 [ "$dev" = 1 ] && reqs=requirements-dev.txt && target=".[dev]"
-echo "[setup] $venv/bin/pip install -r $reqs -e $target (the first time: about 2 GB, a few minutes)"
-"$venv/bin/python" -m pip install --disable-pip-version-check -r "$reqs" -e "$target"
+# The Space's Gradio, from README.md's front matter (Hugging Face installs it there; requirements.txt must not pin it)
+sdk=$(sed -n '/^---$/,/^---$/s/^sdk_version: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' README.md)
+[ -n "$sdk" ] || { echo "[setup] no sdk_version in README.md's front matter" >&2; exit 2; }
+gradio="gradio[mcp]==$sdk"
+# What the install depends on; the same stamp as last time (and the package importable): nothing to do
+stamp="$venv/.setup-stamp"
+inputs=$( { echo "$gradio $dev"; "$venv/bin/python" --version; cat requirements*.txt pyproject.toml; } | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" = "$inputs" ] && "$venv/bin/python" -c 'import portrait_rt' 2>/dev/null; then
+  echo "[setup] up to date (requirements, pyproject.toml and sdk_version unchanged): use $venv/bin/python"
+  exit 0
+fi
+echo "[setup] $venv/bin/pip install -r $reqs $gradio -e $target (the first time: about 2 GB, a few minutes)"
+rm -f "$stamp"
+"$venv/bin/python" -m pip install --disable-pip-version-check -r "$reqs" "$gradio" -e "$target"
+echo "$inputs" > "$stamp"
 echo "[setup] done: use $venv/bin/python (or: source $venv/bin/activate)"

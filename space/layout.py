@@ -10,7 +10,7 @@ INTRO = (
     "# portrait-rt: real-time talking portraits\n"
     "A portrait and speech in, a talking video out, made block by block as fast as you speak.\n\n"
     "**New here?** Press **▶ Try the example** to see what the bundled model makes of a cartoon portrait and a "
-    "speech clip. Then upload your own portrait as Reference 1 and press **Record** (Live) or upload speech and press "
+    "speech clip. Then upload your own portrait as Reference 1 and press **Talk** (Live) or upload speech and press "
     "**Generate** (File). The bundled model is small and knows synthetic cartoons only (*About this model*, at the "
     "bottom, says what it does well and what it does not)."
 )

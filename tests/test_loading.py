@@ -1,7 +1,9 @@
 """The one pipeline loader and the one default-model policy (the Space, `generate` and `bench` all use them)."""
 
 import argparse
+import re
 
+import pytest
 import torch
 
 from portrait_rt.loading import (
@@ -71,3 +73,45 @@ def test_cpu_threads_default_to_half_the_cores(monkeypatch):
         assert default_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_missing_local_folder_is_reported_as_one(tmp_path, monkeypatch):
+    """A typo in a local path is named as a missing folder, at once: not looked up on the Hub (which, offline, ended
+    in "check your internet connection" after ~25 s of retries)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "empty").mkdir()
+    for model in ("assets/portrait-rt-dmeo", "./nope", str(tmp_path / "nope"), "a/b/c"):
+        with pytest.raises(FileNotFoundError, match=f"Model folder '{re.escape(model)}' does not exist"):
+            load_pipeline(model, "cpu")
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        load_pipeline("empty", "cpu")
+
+
+def test_an_unreachable_hub_id_names_both_places(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without network: no retries
+    with pytest.raises(OSError, match="'someone/no-such-model' is not a folder here .* Hugging Face Hub"):
+        load_pipeline("someone/no-such-model", "cpu")
+
+
+def test_generate_without_a_model_refuses_random_weights(monkeypatch, tmp_path, capsys):
+    """With only the library installed (no bundled folder) `generate` says what to pass instead of writing noise."""
+    from portrait_rt import cli, loading
+
+    monkeypatch.delenv("PORTRAIT_RT_MODEL", raising=False)
+    monkeypatch.setattr(loading, "BUNDLED_MODEL", tmp_path / "not-installed")
+    out = tmp_path / "out.mp4"
+    example = BUNDLED_MODEL.parents[1] / "examples"
+    argv = ["generate", "--ref", str(example / "portrait_a.png"), "--audio", str(example / "speech_a.wav")]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*argv, "--out", str(out)])
+    assert exit_.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "No model to load" in err and "--model preset:tiny for randomly initialised weights" in err
+
+
+def test_cuda_on_a_machine_without_one_says_what_to_pass():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(ValueError, match="no CUDA GPU .* pass device='cpu'"):
+        load_pipeline("preset:tiny", "cuda")
