@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "PortraitRTPipeline": "portrait_rt.pipeline",
     "PortraitRTPipelineOutput": "portrait_rt.pipeline",
+    "StreamSettings": "portrait_rt.streaming",
     "CausalVideoVAE": "portrait_rt.models.vae",
     "FlowDiT": "portrait_rt.models.transformer",
     "AudioEncoder": "portrait_rt.models.audio_encoder",

@@ -111,7 +111,7 @@ def run_benchmark(args: argparse.Namespace, loaded: tuple | None = None) -> dict
         if pipe._fast_path is None:
             pipe.enable_fast_path()
         settings = {"guidance_audio": guidance, "guidance_reference": guidance, "num_inference_steps": args.steps}
-        warmup_s = pipe.warm_up(args.streams, len(refs), args.block_size, **settings)
+        warmup_s = pipe.warm_up(args.streams, len(refs), block_size=args.block_size, **settings)
     generators = [torch.Generator().manual_seed(i) for i in range(args.streams)]
     group = pipe.start_streams(
         [refs] * args.streams,

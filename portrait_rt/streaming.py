@@ -8,7 +8,8 @@ One `PortraitRTPipeline` serves many streams, and one block loop serves every co
     -> the group's block step: Euler steps and the t = 0 KV pass (all CFG rows of all streams batched), one decode
     -> BlockRecord (frames, the audio that drove them, timing) -> the consumer (Space, mp4 writer, benchmark)
 
-- `StreamSettings`: what a group fixes at its start (guidance, steps, block size, KV window, CFG rows);
+- `StreamSettings`: the run settings a group fixes at its start (guidance, steps, block size, KV window), checked
+  once; its CFG rows follow from the guidance;
 - `StreamPosition`: where a group's streams are (blocks and video frames done), advanced once per block;
 - `StreamAudio`: one stream's audio, from chunks in to one block's audio out (`take_block`);
 - `Stream`: one stream's own things: references, audio, noise generator, and the group it runs in;
@@ -29,6 +30,7 @@ import torch
 
 from portrait_rt.audio import AudioStreamBuffer
 from portrait_rt.constants import SAMPLES_PER_FRAME, video_frames_for_latents
+from portrait_rt.models.transformer import check_block_size
 
 if TYPE_CHECKING:
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -71,16 +73,67 @@ class BlockRecord:
     timing: BlockTiming
 
 
-@dataclass(frozen=True)
-class StreamSettings:
-    """What a group fixes at its start; every stream of the group shares it."""
+MAX_GUIDANCE = 20.0
+MAX_STEPS = 1000
 
-    guidance_audio: float
-    guidance_reference: float
-    num_inference_steps: int
-    block_size: int  # latent frames per block (k)
-    kv_window: int  # latent frames the KV cache holds before it resets
-    cfg_rows: tuple[tuple[bool, bool], ...]  # (drop audio, drop references) per CFG row, see `pipeline.cfg_rows`
+
+@dataclass(frozen=True, kw_only=True)
+class StreamSettings:
+    """The run settings: what a stream group fixes at its start; built and checked once, then passed by name.
+
+    Every entry point (`__call__`, `generate_blocks`, `stream`, `start_stream`, `start_streams`, `warm_up`) takes these
+    fields as keyword arguments, or a ready `settings=StreamSettings(...)`; the pipeline fills `block_size` and
+    `kv_window` from its transformer's config (`PortraitRTPipeline.stream_settings`). A bad value raises `ValueError`
+    naming the field and what to change. A new option is one field here (with its check in `__post_init__`).
+    """
+
+    guidance_audio: float = 2.0  # la of equation (I): 1 = no audio guidance (its CFG row is not computed)
+    guidance_reference: float = 2.0  # lr of equation (I): 1 = no reference guidance
+    num_inference_steps: int = 12  # Euler steps per block (12 is the paper's)
+    block_size: int | None = None  # latent frames per block (k); None: the transformer's config
+    kv_window: int | None = None  # latent frames the KV cache holds before it resets; None: the transformer's config
+
+    def __post_init__(self):
+        for name in ("guidance_audio", "guidance_reference"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
+                raise ValueError(f"{name} must be a number, got {value!r}.")
+            if not 0.0 <= value <= MAX_GUIDANCE:
+                raise ValueError(
+                    f"{name}={value} is out of range; use 0 to {MAX_GUIDANCE:g} (1 = no guidance, 2 = default)."
+                )
+            object.__setattr__(self, name, float(value))
+        steps = self.num_inference_steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+            raise ValueError(f"num_inference_steps must be an integer, got {steps!r}.")
+        if not 1 <= steps <= MAX_STEPS:
+            raise ValueError(f"num_inference_steps={steps}; use 1 to {MAX_STEPS} (12 is the paper's).")
+        object.__setattr__(self, "num_inference_steps", int(steps))
+        for name in ("block_size", "kv_window"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                    raise ValueError(f"{name} must be an integer (latent frames), got {value!r}.")
+                object.__setattr__(self, name, int(value))
+        if self.block_size is not None and self.kv_window is not None:
+            check_block_size(self.block_size, self.kv_window)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @property
+    def cfg_rows(self) -> tuple[tuple[bool, bool], ...]:
+        """The CFG rows a stream computes, as (drop audio, drop references): [full] + [no audio] + [no references].
+
+        A row whose guidance scale is 1 drops out of equation (I) exactly, so it is left out (never computed).
+        """
+        rows = [(False, False)]
+        if self.guidance_audio != 1.0:
+            rows.append((True, False))
+        if self.guidance_reference != 1.0:
+            rows.append((False, True))
+        return tuple(rows)
 
     @property
     def num_cfg_rows(self) -> int:
@@ -89,11 +142,16 @@ class StreamSettings:
 
 @dataclass
 class StreamPosition:
-    """Where a group's streams are: blocks done, and the video frames they hold (`block_size` latent frames each)."""
+    """Where a group's streams are: blocks done, and the video frames they hold (the settings' `block_size` latent
+    frames each)."""
 
-    block_size: int
+    settings: StreamSettings
     block_index: int = 0
     video_frames: int = 0
+
+    @property
+    def block_size(self) -> int:
+        return self.settings.block_size
 
     def block_video_frames(self, block_index: int | None = None) -> int:
         """Video frames of block `block_index` (default: the next): 1 + 4(k - 1) for the first block, 4k later."""

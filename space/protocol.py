@@ -17,7 +17,6 @@ from PIL import Image
 from portrait_rt.constants import FPS, SAMPLE_RATE
 from portrait_rt.images import load_reference_images
 from space.inputs import check_reference_count, make_generator
-from space.panels import block_size_choices
 
 MAX_REFERENCE_BYTES = 20 * 2**20
 MIN_CLIENT_RATE, MAX_CLIENT_RATE = 8_000, 192_000
@@ -65,26 +64,16 @@ def parse_start(message, pipe, folder: Path) -> LiveRequest:
             raise ValueError(f"references[{i}] is not valid base64.") from None
         paths.append(folder / f"reference_{i}")
         paths[-1].write_bytes(data)
-    block_size = _number(message, "block_size", int)
-    if block_size not in block_size_choices(pipe):
-        raise ValueError(f"block_size={block_size}; use one of {block_size_choices(pipe)}.")
     sample_rate = _number(message, "sample_rate", int)
     if not MIN_CLIENT_RATE <= sample_rate <= MAX_CLIENT_RATE:
         raise ValueError(f"sample_rate={sample_rate}; use {MIN_CLIENT_RATE} to {MAX_CLIENT_RATE} Hz.")
-    settings = {
-        "guidance_audio": _number(message, "guidance_audio"),
-        "guidance_reference": _number(message, "guidance_reference"),
-        "num_inference_steps": _number(message, "num_inference_steps", int),
-        "generator": make_generator(_number(message, "seed", int)),
-        "block_size": block_size,
-    }
-    pipe.check_inputs(
-        settings["guidance_audio"],
-        settings["guidance_reference"],
-        settings["num_inference_steps"],
-        block_size,
-        int(pipe.transformer.config.kv_window),
+    run_settings = pipe.stream_settings(  # built and checked once, here (the block size against the KV window too)
+        guidance_audio=_number(message, "guidance_audio"),
+        guidance_reference=_number(message, "guidance_reference"),
+        num_inference_steps=_number(message, "num_inference_steps", int),
+        block_size=_number(message, "block_size", int),
     )
+    settings = {"settings": run_settings, "generator": make_generator(_number(message, "seed", int))}
     return LiveRequest(load_reference_images(paths, pipe.resolution), settings, sample_rate)
 
 

@@ -9,6 +9,7 @@ from portrait_rt.audio import AudioStreamBuffer
 from portrait_rt.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from portrait_rt.images import tensor_to_frames
 from portrait_rt.pipeline import PortraitRTPipeline, cfg_combine
+from portrait_rt.streaming import StreamSettings
 
 from .conftest import speech_like
 
@@ -47,10 +48,31 @@ def test_guidance_one_is_single_unguided_branch(tiny_pipe, portraits):
     stream = tiny_pipe.start_stream(portraits[:1], guidance_audio=2.0, guidance_reference=1.0)
     assert stream.group.settings.num_cfg_rows == 2
     x = (speech_like(1.0), SAMPLE_RATE)
-    base = tiny_pipe(portraits[:1], x, 1.0, 1.0, num_inference_steps=2, generator=_gen()).frames
+    base = tiny_pipe(
+        portraits[:1], x, guidance_audio=1.0, guidance_reference=1.0, num_inference_steps=2, generator=_gen()
+    ).frames
     for ga, gr in [(2.0, 1.0), (1.0, 2.0), (3.0, 3.0)]:
-        other = tiny_pipe(portraits[:1], x, ga, gr, num_inference_steps=2, generator=_gen()).frames
+        other = tiny_pipe(
+            portraits[:1], x, guidance_audio=ga, guidance_reference=gr, num_inference_steps=2, generator=_gen()
+        ).frames
         assert np.abs(other.astype(int) - base.astype(int)).max() > 0, (ga, gr)
+
+
+def test_run_settings_are_one_object_built_once(tiny_pipe, portraits):
+    """The run settings by name or as one `StreamSettings` are the same thing: the group keeps the object it was
+    given (no copy to drift), its position reads the block size from it, and a bad or unknown name is refused."""
+    settings = tiny_pipe.stream_settings(guidance_audio=3.0, num_inference_steps=1)
+    assert (settings.block_size, settings.kv_window) == (2, 8)  # the tiny transformer's own
+    assert settings == tiny_pipe.stream_settings(StreamSettings(guidance_audio=3.0), num_inference_steps=1)
+    group = tiny_pipe.start_streams([portraits[:1]], settings=settings)
+    assert group.settings is settings and group.position.block_size == 2 and group.kv_cache.block_size == 2
+    assert tiny_pipe.start_stream(portraits[:1], guidance_audio=3.0, num_inference_steps=1).group.settings == settings
+    with pytest.raises(TypeError, match="align_face.*guidance_audio"):
+        tiny_pipe.start_stream(portraits[:1], align_face=True)
+    with pytest.raises(ValueError, match="kv_window=8"):
+        tiny_pipe.stream_settings(block_size=3)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        StreamSettings(num_inference_steps=True)
 
 
 def test_cfg_combine_is_equation_I():
@@ -59,10 +81,16 @@ def test_cfg_combine_is_equation_I():
     v = torch.stack([full, no_audio, no_ref])
     la, lr = 2.5, 1.7
     expected = la * (full - no_audio) + lr * (full - no_ref) - full + no_audio + no_ref
-    torch.testing.assert_close(cfg_combine(v, la, lr)[0], expected)
-    torch.testing.assert_close(cfg_combine(v[:2], la, 1.0)[0], la * (full - no_audio) + no_audio)
-    torch.testing.assert_close(cfg_combine(v[[0, 2]], 1.0, lr)[0], lr * (full - no_ref) + no_ref)
-    torch.testing.assert_close(cfg_combine(v[:1], 1.0, 1.0)[0], full)
+
+    def combine(rows, guidance_audio, guidance_reference):  # the rows these settings compute, in their order
+        settings = StreamSettings(guidance_audio=guidance_audio, guidance_reference=guidance_reference)
+        assert settings.num_cfg_rows == len(rows)
+        return cfg_combine(rows, settings)[0]
+
+    torch.testing.assert_close(combine(v, la, lr), expected)
+    torch.testing.assert_close(combine(v[:2], la, 1.0), la * (full - no_audio) + no_audio)
+    torch.testing.assert_close(combine(v[[0, 2]], 1.0, lr), lr * (full - no_ref) + no_ref)
+    torch.testing.assert_close(combine(v[:1], 1.0, 1.0), full)
 
 
 @pytest.mark.parametrize("seconds", [0.2, 0.52, 0.84, 1.37])  # 5 frames = 1 block, 21 = 3 blocks, 35 = 1 + 3.75

@@ -236,7 +236,7 @@ def test_parse_start_writes_references_for_the_pipelines_own_checks(tiny_pipe, p
     request = parse_start(_start(portraits, seed=5), tiny_pipe, tmp_path)
     assert request.references.shape == (1, tiny_pipe.resolution, tiny_pipe.resolution, 3)
     assert request.sample_rate == RATE
-    assert request.settings["block_size"] == 1
+    assert request.settings["settings"].block_size == 1
     assert torch.equal(request.settings["generator"].get_state(), torch.Generator().manual_seed(5).get_state())
 
 

@@ -26,6 +26,7 @@ So `__call__`, `stream()` and any chunking of the audio agree frame for frame gi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import os
 import time
@@ -45,7 +46,7 @@ from .hub import load_components
 from .images import frames_to_tensor, load_reference_images, tensor_to_frames
 from .audio_encoder import AudioEncoder
 from .pretrained_audio_encoder import PretrainedAudioEncoder
-from .transformer import FlowDiT, check_block_size
+from .transformer import FlowDiT
 from .vae import CausalVideoVAE
 from .presets import get_preset
 from .streaming import (
@@ -59,9 +60,6 @@ from .streaming import (
     StreamSettings,
 )
 
-MAX_GUIDANCE = 20.0
-MAX_STEPS = 1000
-
 
 @dataclass
 class PortraitRTPipelineOutput(BaseOutput):
@@ -74,29 +72,16 @@ class PortraitRTPipelineOutput(BaseOutput):
     timings: list[BlockTiming]
 
 
-def cfg_rows(guidance_audio: float, guidance_reference: float) -> tuple[tuple[bool, bool], ...]:
-    """The CFG rows a stream computes, as (drop audio, drop references): [full] + [no audio] + [no references].
-
-    A row whose guidance scale is 1 drops out of equation (I) exactly, so it is left out (never computed).
+def cfg_combine(v: torch.Tensor, settings: StreamSettings) -> torch.Tensor:
+    """Equation (I) over one stream's CFG rows `settings.cfg_rows` (in that order), with G_f, G_na, G_nr the full,
+    no-audio and no-reference rows: G = la (G_f - G_na) + lr (G_f - G_nr) - G_f + G_na + G_nr, la and lr the
+    settings' `guidance_audio` and `guidance_reference` (a row left out has a scale of 1: its terms cancel).
     """
-    rows = [(False, False)]
-    if guidance_audio != 1.0:
-        rows.append((True, False))
-    if guidance_reference != 1.0:
-        rows.append((False, True))
-    return tuple(rows)
-
-
-def cfg_combine(v: torch.Tensor, guidance_audio: float, guidance_reference: float) -> torch.Tensor:
-    """Equation (I) over the rows of `cfg_rows` (in that order), with G_f, G_na, G_nr the full, no-audio and
-    no-reference rows: G = guidance_audio (G_f - G_na) + guidance_reference (G_f - G_nr) - G_f + G_na + G_nr.
-    """
-    full, rest = v[:1], list(v[1:])
+    full = v[:1]
     out = full
-    if guidance_audio != 1.0:
-        out = out + (guidance_audio - 1.0) * (full - rest.pop(0))
-    if guidance_reference != 1.0:
-        out = out + (guidance_reference - 1.0) * (full - rest.pop(0))
+    for row, (drop_audio, _) in zip(v[1:], settings.cfg_rows[1:]):
+        scale = settings.guidance_audio if drop_audio else settings.guidance_reference
+        out = out + (scale - 1.0) * (full - row)
     return out
 
 
@@ -223,14 +208,16 @@ class PortraitRTPipeline(DiffusionPipeline):
         self._fast_path = FastPathSettings(compile, cuda_graphs, overlap_decode, stream)
 
     @torch.no_grad()
-    def warm_up(self, num_streams: int = 1, num_references: int = 1, block_size: int | None = None, **settings):
+    def warm_up(
+        self, num_streams: int = 1, num_references: int = 1, *, settings: StreamSettings | None = None, **options
+    ) -> float:
         """Run a throwaway group of `num_streams` through one KV window and past its reset (every window position,
         first block and re-feed), so that the groups of that size that follow run compiled code from their first
-        block. Returns the seconds it took. `settings`: guidance and steps, as for `start_streams`."""
+        block. Returns the seconds it took. `settings` / `options`: the run settings, as for `start_streams`."""
         start = time.perf_counter()
         res = self.resolution
         refs = [np.full((res, res, 3), 128, np.uint8)] * num_references
-        group = self.start_streams([refs] * num_streams, block_size=block_size, **settings)
+        group = self.start_streams([refs] * num_streams, settings=settings, **options)
         blocks = group.settings.kv_window // group.settings.block_size + 1
         frames = sum(group.position.block_video_frames(i) for i in range(blocks))
         frames += self.audio_encoder.config.lookahead_frames
@@ -240,28 +227,24 @@ class PortraitRTPipeline(DiffusionPipeline):
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    # ------------------------------------------------------------------ validation
-    def check_inputs(
-        self,
-        guidance_audio: float,
-        guidance_reference: float,
-        num_inference_steps: int,
-        block_size: int,
-        kv_window: int,
-    ) -> None:
-        """Raise `ValueError` with what to change for out-of-range settings (images and audio are checked on load)."""
-        for name, value in (("guidance_audio", guidance_audio), ("guidance_reference", guidance_reference)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
-                raise ValueError(f"{name} must be a number, got {value!r}.")
-            if not 0.0 <= value <= MAX_GUIDANCE:
-                raise ValueError(
-                    f"{name}={value} is out of range; use 0 to {MAX_GUIDANCE:g} (1 = no guidance, 2 = default)."
-                )
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-            raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}.")
-        if not 1 <= num_inference_steps <= MAX_STEPS:
-            raise ValueError(f"num_inference_steps={num_inference_steps}; use 1 to {MAX_STEPS} (12 is the paper's).")
-        check_block_size(block_size, kv_window)
+    # ------------------------------------------------------------------ settings
+    def stream_settings(self, settings: StreamSettings | None = None, **options) -> StreamSettings:
+        """The run settings every entry point uses, checked once: `settings` (default: `StreamSettings()`) with
+        `options` (its fields by name: `guidance_audio=3.0`, ...) set, `block_size` / `kv_window` left at None
+        filled from the transformer's config. `ValueError` names the field and what to change."""
+        if settings is None or options:
+            unknown = sorted(set(options) - set(StreamSettings.names()))
+            if unknown:
+                raise TypeError(f"Unknown setting(s) {unknown}; the run settings are {list(StreamSettings.names())}.")
+            settings = StreamSettings(**options) if settings is None else dataclasses.replace(settings, **options)
+        if settings.block_size is None or settings.kv_window is None:  # the model's own
+            config = self.transformer.config
+            settings = dataclasses.replace(
+                settings,
+                block_size=config.block_size if settings.block_size is None else settings.block_size,
+                kv_window=config.kv_window if settings.kv_window is None else settings.kv_window,
+            )
+        return settings
 
     # ------------------------------------------------------------------ streaming API
     @torch.no_grad()
@@ -269,36 +252,25 @@ class PortraitRTPipeline(DiffusionPipeline):
         self,
         reference_images: list,
         generators: list[torch.Generator | None] | None = None,
-        guidance_audio: float = 2.0,
-        guidance_reference: float = 2.0,
-        num_inference_steps: int = 12,
-        block_size: int | None = None,
-        kv_window: int | None = None,
+        *,
+        settings: StreamSettings | None = None,
+        **options,
     ) -> StreamGroup:
         """Algorithm 2, step 1, for a group of streams that run batched: every block of `feed_group` is one forward
         of G per Euler step over all their CFG rows, and one VAE decode.
 
         `reference_images`: per stream, 1-3 paths / PIL images / arrays (the same number for every stream).
-        Precomputes f_c = E1(I_r), z_r = E(I_r) and KV_r for all streams at once. The settings hold for the group's
-        life; `block_size` / `kv_window` default to the transformer's config.
+        `generators`: one per stream (or None). Precomputes f_c = E1(I_r), z_r = E(I_r) and KV_r for all streams at
+        once. The run settings (`settings` and/or `StreamSettings` fields by name, see `stream_settings`) hold for
+        the group's life.
         """
-        block_size = int(block_size or self.transformer.config.block_size)
-        kv_window = int(kv_window or self.transformer.config.kv_window)
-        self.check_inputs(guidance_audio, guidance_reference, num_inference_steps, block_size, kv_window)
+        settings = self.stream_settings(settings, **options)
         generators = generators or [None] * len(reference_images)
         if not reference_images or len(generators) != len(reference_images):
             raise ValueError("Give one list of reference images per stream (at least one), and one generator each.")
         refs = [load_reference_images(images, self.resolution) for images in reference_images]  # (M, H, W, 3) each
         if len({r.shape[0] for r in refs}) > 1:
             raise ValueError("Streams batched in one group need the same number of reference images.")
-        settings = StreamSettings(
-            float(guidance_audio),
-            float(guidance_reference),
-            int(num_inference_steps),
-            block_size,
-            kv_window,
-            cfg_rows(guidance_audio, guidance_reference),
-        )
         device, dtype = self._execution_device, self.transformer.dtype
 
         # f_c for the decoder's Dref, z_r (normalised like every latent G sees) for KV_r.
@@ -310,8 +282,8 @@ class PortraitRTPipeline(DiffusionPipeline):
             len(refs) * rows,
             refs[0].shape[0],
             (h, h),
-            kv_window,
-            block_size,
+            kv_window=settings.kv_window,
+            block_size=settings.block_size,
             device=device,
             dtype=dtype,
             static_shapes=self._fast_path is not None,
@@ -323,29 +295,19 @@ class PortraitRTPipeline(DiffusionPipeline):
         streams = tuple(
             Stream(r, StreamAudio(self.audio_encoder.init_stream_state(1)), g) for r, g in zip(refs, generators)
         )
-        return StreamGroup(settings, streams, cache, f_c, StreamPosition(block_size), copy.deepcopy(self.scheduler))
+        return StreamGroup(settings, streams, cache, f_c, StreamPosition(settings), copy.deepcopy(self.scheduler))
 
     def start_stream(
         self,
         reference_images,
-        guidance_audio: float = 2.0,
-        guidance_reference: float = 2.0,
-        num_inference_steps: int = 12,
+        *,
         generator: torch.Generator | None = None,
-        block_size: int | None = None,
-        kv_window: int | None = None,
+        settings: StreamSettings | None = None,
+        **options,
     ) -> Stream:
-        """One stream (a group of one): `reference_images` are 1-3 paths / PIL images / arrays."""
-        group = self.start_streams(
-            [reference_images],
-            [generator],
-            guidance_audio,
-            guidance_reference,
-            num_inference_steps,
-            block_size,
-            kv_window,
-        )
-        return group.streams[0]
+        """One stream (a group of one): `reference_images` are 1-3 paths / PIL images / arrays; the run settings as
+        for `start_streams`."""
+        return self.start_streams([reference_images], [generator], settings=settings, **options).streams[0]
 
     @torch.no_grad()
     def feed(self, stream: Stream, samples: np.ndarray, sample_rate: int) -> Iterator[BlockRecord]:
@@ -394,21 +356,18 @@ class PortraitRTPipeline(DiffusionPipeline):
         self,
         reference_images,
         audio_chunks: Iterable[tuple[np.ndarray, int]],
-        guidance_audio: float = 2.0,
-        guidance_reference: float = 2.0,
-        num_inference_steps: int = 12,
+        *,
         generator: torch.Generator | None = None,
-        block_size: int | None = None,
-        kv_window: int | None = None,
+        settings: StreamSettings | None = None,
+        **options,
     ) -> Iterator[np.ndarray]:
         """Generator of uint8 frames (t, H, W, 3), one array per block, as audio chunks `(samples, rate)` arrive.
 
         The frames of each block's `BlockRecord`; for the records themselves (the audio that drove the frames and
-        the timing too), use `start_stream` / `feed` / `flush`, which this is built on.
+        the timing too), use `start_stream` / `feed` / `flush`, which this is built on. The run settings as for
+        `start_streams` (`guidance_audio=`, `guidance_reference=`, `num_inference_steps=`, ... or `settings=`).
         """
-        stream = self.start_stream(
-            reference_images, guidance_audio, guidance_reference, num_inference_steps, generator, block_size, kv_window
-        )
+        stream = self.start_stream(reference_images, generator=generator, settings=settings, **options)
         for samples, rate in audio_chunks:
             for record in self.feed(stream, samples, rate):
                 yield record.frames
@@ -455,7 +414,6 @@ class PortraitRTPipeline(DiffusionPipeline):
         features = torch.cat([a.features for a in audio]).to(device, dtype)  # (streams, n, D)
         features = features.repeat_interleave(rows, dim=0)  # (streams * rows, n, D)
         drop_audio = group.drop_audio
-        guidance = settings.guidance_audio, settings.guidance_reference
 
         # 2. Denoising: Euler steps of the rectified-flow ODE from noise (t = 1) to data (t = 0); each stream's noise.
         shape = (1, dit.config.in_channels, settings.block_size, h, w)
@@ -465,7 +423,7 @@ class PortraitRTPipeline(DiffusionPipeline):
         for t in group.scheduler.timesteps:
             x = latents.repeat_interleave(rows, dim=0)  # (streams * rows, C, k, h, w)
             v = dit.forward_cached(group.kv_cache, x, t.expand(x.shape[0]).to(dtype), features, drop_audio=drop_audio)
-            v = torch.cat([cfg_combine(vs, *guidance) for vs in v.split(rows)])  # (streams, C, k, h, w)
+            v = torch.cat([cfg_combine(vs, settings) for vs in v.split(rows)])  # (streams, C, k, h, w)
             latents = group.scheduler.step(v, t, latents, return_dict=False)[0]
         t1 = time.perf_counter()
 
@@ -492,31 +450,22 @@ class PortraitRTPipeline(DiffusionPipeline):
         self,
         reference_images,
         audio,
-        guidance_audio: float = 2.0,
-        guidance_reference: float = 2.0,
-        num_inference_steps: int = 12,
+        *,
         generator: torch.Generator | None = None,
-        block_size: int | None = None,
-        kv_window: int | None = None,
+        settings: StreamSettings | None = None,
         return_dict: bool = True,
+        **options,
     ) -> PortraitRTPipelineOutput | tuple:
         """Generate the whole video for `audio` (a path or `(samples, sample_rate)`): one stream fed the whole clip.
 
+        The run settings by name (`guidance_audio=2.0`, `guidance_reference=2.0`, `num_inference_steps=12`,
+        `block_size`, `kv_window`: the fields of `StreamSettings`) or as `settings=StreamSettings(...)`.
         Returns `PortraitRTPipelineOutput(frames uint8 (T, H, W, 3) at 25 fps, audio, sample_rate, timings)` with
         T = ceil(audio length / 40 ms); `audio` is the clip at the model rate, as the stream resampled it. For long
         clips, `generate_blocks` hands over one block at a time instead of holding every frame.
         """
         records = list(
-            self.generate_blocks(
-                reference_images,
-                audio,
-                guidance_audio,
-                guidance_reference,
-                num_inference_steps,
-                generator,
-                block_size,
-                kv_window,
-            )
+            self.generate_blocks(reference_images, audio, generator=generator, settings=settings, **options)
         )
         frames = np.concatenate([r.frames for r in records])
         audio = np.concatenate([r.audio for r in records])
@@ -529,25 +478,23 @@ class PortraitRTPipeline(DiffusionPipeline):
         self,
         reference_images,
         audio,
-        guidance_audio: float = 2.0,
-        guidance_reference: float = 2.0,
-        num_inference_steps: int = 12,
+        *,
         generator: torch.Generator | None = None,
-        block_size: int | None = None,
-        kv_window: int | None = None,
+        settings: StreamSettings | None = None,
+        **options,
     ) -> Iterator[BlockRecord]:
         """`__call__` block by block: a `BlockRecord` (frames, the audio that drove them, timing) as each block is
         made, so a consumer (an mp4 writer, a metric) holds one block at a time whatever the clip's length.
 
         The clip is fed to the stream a second at a time (any chunking gives the same frames), which keeps the
-        stream's audio buffers small; the last record's audio ends where the clip ends.
+        stream's audio buffers small; the last record's audio ends where the clip ends. The settings are checked
+        before the audio is read.
         """
+        settings = self.stream_settings(settings, **options)
         samples, rate = read_mono(audio)
         if is_silent(samples):
             raise ValueError("The audio is silent (below -60 dBFS); give speech for the portrait to say.")
-        stream = self.start_stream(
-            reference_images, guidance_audio, guidance_reference, num_inference_steps, generator, block_size, kv_window
-        )
+        stream = self.start_stream(reference_images, generator=generator, settings=settings)
         fed = (self.feed(stream, samples[i : i + rate], rate) for i in range(0, samples.size, rate))
         with self.progress_bar(total=-(-round(samples.size * SAMPLE_RATE / rate) // SAMPLES_PER_FRAME)) as bar:
             for record in itertools.chain(itertools.chain.from_iterable(fed), self.flush(stream)):
