@@ -12,14 +12,15 @@
 #
 # On the lent device machine (its own torch, no diffusers/soxr): put the wheels in .whl/ first (the device README's
 # `pip download` line: diffusers==0.42.1, soxr, importlib_metadata, lazy-importer; carry `.whl`); they are installed
-# into /tmp/site for this run.
+# into a temporary folder for this run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:?usage: gpu_check.sh OUT_DIR [gpu_check.py flags]}
 shift
 if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  site=$(mktemp -d)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
+    && export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$OUT_DIR"

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -261,7 +262,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="paper", choices=["paper", "demo", "tiny"])
     parser.add_argument("--phases", default="data,vae,latents,dit,report")
-    parser.add_argument("--work", default="/tmp/portrait-rt-train-check", help="data, runs and checkpoints")
+    scratch = os.path.join(tempfile.gettempdir(), "portrait-rt-train-check")
+    parser.add_argument("--work", default=scratch, help="data, runs and checkpoints")
     parser.add_argument("--out", default="benchmarks/results", help="folder of the JSON results")
     parser.add_argument("--tag", default="plain", help="names the DiT run: 'fsdp' under the FSDP launch")
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per training phase (half, resume)")

@@ -12,7 +12,7 @@
 # Extra flags go to gpu_train_check.py (--steps, --vae-batch, --dit-batch, --max-minutes ...).
 #
 # On a machine without diffusers (the lent device: its own torch, no diffusers): put the wheels in .whl/ first
-# (docs/training.md, "Checking a GPU machine"); they are installed into /tmp/site for this run.
+# (docs/training.md, "Checking a GPU machine"); they are installed into a temporary folder for this run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PRESET=paper
@@ -26,12 +26,11 @@ done
 OUT_DIR=${OUT:-benchmarks/results}
 if [[ -z ${WORK:-} ]]; then  # the paper runs write checkpoints of ~15 GB: RAM beats most disks
   shm_kb=$(df -k --output=avail /dev/shm 2>/dev/null | tail -1)
-  WORK=/tmp/portrait-rt-train-check
-  [[ $PRESET == paper && ${shm_kb:-0} -gt 50000000 ]] && WORK=/dev/shm/portrait-rt-train-check
+  WORK=/dev/shm/portrait-rt-train-check
+  [[ $PRESET == paper && ${shm_kb:-0} -gt 50000000 ]] || WORK=$(mktemp -d -t portrait-rt-train-check.XXXXXX)
 fi
 if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+(docs/training.md, "Checking a GPU machine"); they are installed into a temporary folder for this run.
 fi
 export PYTHONUNBUFFERED=1 CHECK_STARTED=$(date +%s)
 ARGS=(--preset "$PRESET" --work "$WORK" --out "$OUT_DIR")

@@ -12,6 +12,7 @@ SPATIAL_COMPRESSION = 64  # pixels per latent pixel along each side
 LATENT_CHANNELS = 64
 MAX_REFERENCES = 3
 SCHEDULER_SHIFT = 5.0  # the flow-matching timestep shift (paper §4.1)
+MAX_BLOCK_SIZE = 4  # latent frames per block: the paper's k = 4 (16 video frames)
 
 
 def video_frames_for_latents(num_latent_frames: int, first: bool = True) -> int:
@@ -26,3 +27,19 @@ def usable_video_frames(num_video_frames: int) -> int:
     if num_video_frames <= 0:
         return 0
     return video_frames_for_latents(1 + (num_video_frames - 1) // TEMPORAL_COMPRESSION)
+
+
+def valid_block_sizes(kv_window: int) -> list[int]:
+    """Block sizes (latent frames) a KV window of `kv_window` latent frames allows: 1 to 4, a whole number of blocks
+    per window, at least two (the window resets to the references and re-feeds the last block, Algorithm 2)."""
+    return [k for k in range(1, MAX_BLOCK_SIZE + 1) if kv_window % k == 0 and kv_window >= 2 * k]
+
+
+def check_block_size(block_size: int, kv_window: int) -> None:
+    """Raise `ValueError` saying what to change unless `block_size` is in `valid_block_sizes(kv_window)`."""
+    if block_size not in valid_block_sizes(kv_window):
+        raise ValueError(
+            f"block_size={block_size} latent frames does not fit kv_window={kv_window}: use one of "
+            f"{valid_block_sizes(kv_window)} (1 to {MAX_BLOCK_SIZE}, a whole number of blocks per window, at least "
+            "two; 4 = 16 video frames is the paper's)."
+        )

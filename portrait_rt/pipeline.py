@@ -34,20 +34,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from portrait_rt.audio import is_silent, read_mono
 from portrait_rt.constants import SAMPLE_RATE, SAMPLES_PER_FRAME, SPATIAL_COMPRESSION
 from portrait_rt.fast_path import CachedStepGraphs, FastPathSettings, compile_repeated_blocks
-from portrait_rt.hub import load_components
+from portrait_rt.hub import load_components, model_class, saveable_configs
 from portrait_rt.images import frames_to_tensor, load_reference_images, tensor_to_frames
-from portrait_rt.models.audio_encoder import AudioEncoder
-from portrait_rt.models.pretrained_audio_encoder import PretrainedAudioEncoder
-from portrait_rt.models.transformer import FlowDiT
-from portrait_rt.models.vae import CausalVideoVAE
-from portrait_rt.presets import get_preset
+from portrait_rt.presets import PRESET_CLASSES, get_preset
 from portrait_rt.streaming import (
     BlockAudio,
     BlockRecord,
@@ -122,16 +118,17 @@ class PortraitRTPipeline(DiffusionPipeline):
 
     Components: `vae` (`CausalVideoVAE`), `transformer` (`FlowDiT`), `audio_encoder` (the built-in `AudioEncoder`
     or `PretrainedAudioEncoder`, a frozen Whisper / wav2vec2), `scheduler` (`FlowMatchEulerDiscreteScheduler`,
-    shift 5).
+    shift 5). This module names the models only by class name (`portrait_rt.hub.model_class`), never imports them, so
+    the pipeline's published code holds none of theirs (`export --hub-folder`).
     """
 
     model_cpu_offload_seq = "audio_encoder->transformer->vae"
 
     def __init__(
         self,
-        vae: CausalVideoVAE,
-        transformer: FlowDiT,
-        audio_encoder: AudioEncoder | PretrainedAudioEncoder,
+        vae: ModelMixin,
+        transformer: ModelMixin,
+        audio_encoder: ModelMixin,
         scheduler: FlowMatchEulerDiscreteScheduler,
     ):
         super().__init__()
@@ -156,14 +153,16 @@ class PortraitRTPipeline(DiffusionPipeline):
         """
         cfg = get_preset(name)
         scheduler = FlowMatchEulerDiscreteScheduler(**{**cfg["scheduler"], **scheduler_kwargs})
-        components = {
-            "vae": CausalVideoVAE(**cfg["vae"]),
-            "transformer": FlowDiT(**cfg["transformer"]),
-            "audio_encoder": AudioEncoder(**cfg["audio_encoder"]),
-        }
+        components = {part: model_class(class_name)(**cfg[part]) for part, class_name in PRESET_CLASSES.items()}
         for module in components.values():
             module.eval()  # as from_pretrained leaves them
         return cls(scheduler=scheduler, **components)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """diffusers' `save_pretrained` (configs and safetensors), without the config keys that name this machine's
+        folders or code the folder does not carry (`portrait_rt.hub.NOT_SAVED`)."""
+        with saveable_configs(self.components.values()):
+            super().save_pretrained(save_directory, **kwargs)
 
     @property
     def resolution(self) -> int:

@@ -96,6 +96,8 @@ AUDIO_ENCODER_PRESETS: dict[str, dict] = {
 SCHEDULER_PRESETS: dict[str, dict] = {name: {"shift": SCHEDULER_SHIFT} for name in ("paper", "demo", "tiny")}
 
 PRESET_NAMES = ("paper", "demo", "tiny")
+# the portrait_rt model class each model section configures (the scheduler is diffusers' FlowMatchEuler)
+PRESET_CLASSES = {"vae": "CausalVideoVAE", "transformer": "FlowDiT", "audio_encoder": "AudioEncoder"}
 
 
 def get_preset(name: str) -> dict[str, dict]:

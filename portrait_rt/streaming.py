@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from portrait_rt.audio import AudioStreamBuffer
-from portrait_rt.constants import SAMPLES_PER_FRAME, video_frames_for_latents
-from portrait_rt.models.transformer import check_block_size
+from portrait_rt.constants import SAMPLES_PER_FRAME, check_block_size, video_frames_for_latents
 
 if TYPE_CHECKING:
     from diffusers import FlowMatchEulerDiscreteScheduler

@@ -2,7 +2,7 @@
 # The exact commands that trained the bundled demo model (assets/portrait-rt-demo) on this project's 2-core CPU.
 # Every step resumes from its newest checkpoint if re-run; WORK holds data, runs and caches (not in git).
 set -euo pipefail
-WORK=${WORK:-/work/cache}
+WORK=${WORK:-runs/demo}
 THREADS=${THREADS:-1}  # one thread: on a shared, oversubscribed CPU, OpenMP barriers across 2 threads stall
 
 # 1. The synthetic corpus, rendered once to clip shards (128², 8 s clips; ~2 s per clip).

@@ -26,13 +26,24 @@ EXAMPLE_SETTINGS = {"guidance_audio": 2.0, "guidance_reference": 2.0, "num_infer
 
 
 def model_fingerprint(folder: str | os.PathLike) -> str:
-    """sha256 over a pipeline folder's weights and configs (`*.safetensors`, `*.json`; not its code or card)."""
+    """sha256 over a pipeline folder's weights and configs (`*.safetensors`; `*.json` but metrics.json), not its card.
+
+    A config counts by its values, without the keys that say where it was loaded from or which code it names (`_*`,
+    `auto_map`; in model_index.json each component's class name only), so the copy published with its code
+    (`export --hub-folder`) has the bundled folder's fingerprint.
+    """
     folder = Path(folder)
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".json") and p.is_file()):
         if path.name == "metrics.json":  # the report's figures, not the model
             continue
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        if path.suffix == ".json":
+            config = json.loads(path.read_text())
+            config = {k: v[-1] if path.name == "model_index.json" else v for k, v in config.items()}
+            kept = {k: v for k, v in config.items() if not k.startswith("_") and k != "auto_map"}
+            digest.update(json.dumps(kept, sort_keys=True).encode())
+            continue
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)

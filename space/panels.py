@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from portrait_rt.constants import FPS, SAMPLE_RATE, video_frames_for_latents
+from portrait_rt.constants import FPS, SAMPLE_RATE, valid_block_sizes, video_frames_for_latents
 from portrait_rt.loading import BUNDLED_MODEL, MODEL_ENV, ModelChoice
-from portrait_rt.models.transformer import valid_block_sizes
 from portrait_rt.streaming import BlockTiming
 
 

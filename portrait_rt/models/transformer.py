@@ -33,31 +33,19 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import FP32LayerNorm
 
-from ..constants import LATENT_CHANNELS, MAX_REFERENCES, TEMPORAL_COMPRESSION, video_frames_for_latents
+from ..constants import (
+    LATENT_CHANNELS,
+    MAX_REFERENCES,
+    TEMPORAL_COMPRESSION,
+    check_block_size,
+    video_frames_for_latents,
+)
 
 REFERENCE_FRAME_POSITION = 0  # temporal RoPE position of every reference latent
 FIRST_VIDEO_FRAME_POSITION = 1  # temporal RoPE position of the first latent frame of a KV window
 
-MAX_BLOCK_SIZE = 4  # latent frames per block: the paper's k = 4 (16 video frames)
-
 # (key buffer, value buffer, write offset) of one layer; see FlowDiTAttnProcessor.
 LayerKV = tuple[torch.Tensor, torch.Tensor, int]
-
-
-def valid_block_sizes(kv_window: int) -> list[int]:
-    """Block sizes (latent frames) a KV window of `kv_window` latent frames allows: 1 to 4, a whole number of blocks
-    per window, at least two (the window resets to the references and re-feeds the last block, Algorithm 2)."""
-    return [k for k in range(1, MAX_BLOCK_SIZE + 1) if kv_window % k == 0 and kv_window >= 2 * k]
-
-
-def check_block_size(block_size: int, kv_window: int) -> None:
-    """Raise `ValueError` saying what to change unless `block_size` is in `valid_block_sizes(kv_window)`."""
-    if block_size not in valid_block_sizes(kv_window):
-        raise ValueError(
-            f"block_size={block_size} latent frames does not fit kv_window={kv_window}: use one of "
-            f"{valid_block_sizes(kv_window)} (1 to {MAX_BLOCK_SIZE}, a whole number of blocks per window, at least "
-            "two; 4 = 16 video frames is the paper's)."
-        )
 
 
 def apply_rotary_emb(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,17 @@
-"""`python -m portrait_rt export`: trained components -> a complete pipeline folder with a model card.
+"""`python -m portrait_rt export`: trained components -> a complete pipeline folder with a model card; and the copy of
+such a folder that is published to the Hub, with its code.
 
     python -m portrait_rt export --vae runs/vae/vae --dit runs/dit --output assets/portrait-rt-demo \
         --metrics runs/metrics.json
+    python -m portrait_rt export --output assets/portrait-rt-demo --hub-folder runs/hub/portrait-rt-demo   # to publish
 
-The folder is `PortraitRTPipeline.save_pretrained` output (safetensors only), this library's code for
-`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` (loads without portrait_rt; `write_remote_code`),
-and README.md in the Hub's model-card format: data, training steps and time (read from each run's
-`train_config.json` / `metrics.jsonl`), hardware, the metric table and contact sheet (`python -m
-portrait_rt.training.report` writes both) and the model's limits.
-
-    python -m portrait_rt export --code-only --output assets/portrait-rt-demo   # refresh the code only
+The folder is `PortraitRTPipeline.save_pretrained` output (configs and safetensors, loaded by
+`PortraitRTPipeline.from_pretrained`), README.md in the Hub's model-card format (data, training steps and time read
+from each run's `train_config.json` / `metrics.jsonl`, hardware, the metric table and contact sheet that
+`python -m portrait_rt.training.report` writes, the model's limits) and the metrics it shows. `--hub-folder` writes
+a copy that also carries this library's code (`write_hub_folder`), for `DiffusionPipeline.from_pretrained(folder,
+trust_remote_code=True)` where portrait_rt is not installed: the code lives only in published copies, written from
+the library when they are made, never in git.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import importlib.util
 import json
 import platform
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -27,7 +30,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 import portrait_rt
 from portrait_rt.constants import SCHEDULER_SHIFT, SPATIAL_COMPRESSION
-from portrait_rt.hub import COMPONENT_CLASSES
+from portrait_rt.hub import MODEL_CLASSES, model_class
 from portrait_rt.models.audio_encoder import AudioEncoder
 from portrait_rt.models.transformer import FlowDiT
 from portrait_rt.models.vae import CausalVideoVAE
@@ -52,25 +55,40 @@ PACKAGE = "portrait_rt"
 PIPELINE_ENTRY = "pipeline_portrait_rt"  # model_index.json's _class_name[0]: the file diffusers runs for the pipeline
 
 
+def write_hub_folder(folder: str | Path, hub_folder: str | Path) -> Path:
+    """The copy of pipeline folder `folder` to publish on the Hub, in `hub_folder` (replaced if it exists): the same
+    weights, configs, card and figures, plus this library's code (`write_remote_code`). Returns `hub_folder`."""
+    folder, hub_folder = Path(folder), Path(hub_folder)
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"{str(folder)!r} is not a pipeline folder (no model_index.json): export it first.")
+    if hub_folder.resolve() == folder.resolve():
+        raise ValueError("--hub-folder must differ from --output: the published copy is written beside the folder.")
+    if hub_folder.exists():
+        shutil.rmtree(hub_folder)
+    shutil.copytree(folder, hub_folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    write_remote_code(hub_folder)
+    return hub_folder
+
+
 def write_remote_code(folder: str | Path) -> None:
     """Make a saved pipeline folder load without portrait_rt: `DiffusionPipeline.from_pretrained(folder,
     trust_remote_code=True)`, the Hub's convention for custom pipelines.
 
     Writes this library's code into the folder, flattened (`portrait_rt.models.vae` -> `vae.py`): beside
-    `model_index.json` the pipeline (`pipeline_portrait_rt.py` and the modules it needs), in each model's folder that
-    model (`vae/vae_portrait_rt.py` and its modules); points `model_index.json` at them and gives each model's
-    config.json an `auto_map` (`AutoModel.from_pretrained(folder, subfolder="vae", trust_remote_code=True)`). Run
-    again to refresh the code of a folder exported earlier; weights and model card are left alone.
+    `model_index.json` the pipeline (`pipeline_portrait_rt.py` and the modules it needs, none of them a model's), in
+    each model's folder that model (`vae/vae_portrait_rt.py` and its modules), so each model's code is there once;
+    points `model_index.json` at them and gives each model's config.json an `auto_map`
+    (`AutoModel.from_pretrained(folder, subfolder="vae", trust_remote_code=True)`).
     """
     folder = Path(folder)
     index = json.loads((folder / "model_index.json").read_text())
     _write_entry(folder, PIPELINE_ENTRY, PortraitRTPipeline)
     index["_class_name"] = [PIPELINE_ENTRY, PortraitRTPipeline.__name__]
     for name, entry in index.items():
-        if name.startswith("_") or not isinstance(entry, list) or entry[1] not in COMPONENT_CLASSES:
+        if name.startswith("_") or not isinstance(entry, list) or entry[1] not in MODEL_CLASSES:
             continue  # the scheduler is diffusers' own
         module = f"{name}_portrait_rt"
-        _write_entry(folder / name, module, COMPONENT_CLASSES[entry[1]])
+        _write_entry(folder / name, module, model_class(entry[1]))
         index[name] = [module, entry[1]]
         config_path = folder / name / "config.json"
         config = json.loads(config_path.read_text())
@@ -97,8 +115,9 @@ def _write_entry(folder: Path, entry: str, cls: type) -> None:
     lines = [
         f'"""{cls.__name__} from portrait-rt {portrait_rt.__version__}, for diffusers\' `trust_remote_code=True`.',
         "",
-        "Written by `python -m portrait_rt export`: the library's modules beside this file, with their imports made",
-        "relative. diffusers copies only the modules a remote-code file imports itself, so it imports them all.",
+        "Written by `python -m portrait_rt export --hub-folder`: the library's modules beside this file, with their",
+        "imports made relative. diffusers copies only the modules a remote-code file imports itself, so it imports",
+        "them all.",
         '"""',
         "",
         *[f"from .{name} import __name__ as _  # noqa: F401" for name in sorted(flat.values()) if name != own],
@@ -107,11 +126,27 @@ def _write_entry(folder: Path, entry: str, cls: type) -> None:
     (folder / f"{entry}.py").write_text("\n".join(lines) + "\n")
 
 
+def _type_checking_blocks(tree: ast.Module) -> list[ast.If]:
+    """The module's top-level `if TYPE_CHECKING:` blocks: imports for annotations only, never run."""
+    blocks = [
+        n
+        for n in tree.body
+        if isinstance(n, ast.If) and ast.unparse(n.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+    ]
+    for block in blocks:
+        if block.orelse:
+            raise ValueError("An `if TYPE_CHECKING:` block with an `else:` cannot be exported; drop the else.")
+    return blocks
+
+
 def _package_imports(module: str) -> list[tuple[int, str]]:
     """(line number, imported module) of each `from portrait_rt... import ...` in `module`, relative ones included."""
-    source = Path(importlib.util.find_spec(module).origin).read_text()
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+    annotations_only = {id(n) for block in _type_checking_blocks(tree) for n in ast.walk(block)}
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
+        if id(node) in annotations_only:
+            continue
         if isinstance(node, ast.Import) and any(a.name.split(".")[0] == PACKAGE for a in node.names):
             raise ValueError(f"{module}: use `from portrait_rt.x import y` (the exported code is flattened).")
         if isinstance(node, ast.ImportFrom):
@@ -136,10 +171,14 @@ def _closure(module: str) -> list[str]:
 
 
 def _flattened_source(module: str, flat: dict[str, str]) -> str:
-    """The source of `module` with its portrait_rt imports made relative to the flat folder (`from .vae import`)."""
-    lines = Path(importlib.util.find_spec(module).origin).read_text().splitlines(keepends=True)
+    """The source of `module` with its portrait_rt imports made relative to the flat folder (`from .vae import`) and
+    its `if TYPE_CHECKING:` blocks left out (what they import may not be in the folder)."""
+    source = Path(importlib.util.find_spec(module).origin).read_text()
+    lines = source.splitlines(keepends=True)
     for lineno, target in _package_imports(module):
         lines[lineno - 1] = re.sub(r"^(\s*from\s+)\S+(\s+import\b)", rf"\g<1>.{flat[target]}\g<2>", lines[lineno - 1])
+    for block in _type_checking_blocks(ast.parse(source)):
+        lines[block.lineno - 1 : block.end_lineno] = [""] * (block.end_lineno - block.lineno + 1)
     path = module.replace(".", "/") + ".py"
     return (
         f"# portrait-rt {portrait_rt.__version__}: {path}, imports flattened by `python -m portrait_rt export`\n"
@@ -175,6 +214,35 @@ def _hardware() -> str:
     except OSError:
         pass
     return f"{cpu}; torch {torch.__version__}; CPU only"
+
+
+def usage_section(model_id: str, resolution: int) -> list[str]:
+    """The model card's "Use" section (lines): load `model_id` with portrait-rt, and its published copy without."""
+    return [
+        "## Use",
+        "",
+        "```python",
+        "import torch",
+        "from portrait_rt import PortraitRTPipeline",
+        "",
+        f'pipe = PortraitRTPipeline.from_pretrained("{model_id}")',
+        'out = pipe(reference_images=["face.png"], audio="speech.wav", generator=torch.Generator().manual_seed(0))',
+        f"out.frames  # uint8 (T, {resolution}, {resolution}, 3) at 25 fps",
+        "```",
+        "",
+        "portrait-rt adds the streaming API (`pipe.stream`, `pipe.feed`), the CLI and the Space. The copy published "
+        "to the Hub (`python -m portrait_rt export --output FOLDER --hub-folder HUB_FOLDER`) also carries the "
+        "pipeline's code (`pipeline_portrait_rt.py`, and each model's beside its weights), so diffusers loads it "
+        "without portrait-rt (it needs torch, diffusers >= 0.40, transformers, accelerate, numpy, soxr, soundfile "
+        "and pillow):",
+        "",
+        "```python",
+        "from diffusers import DiffusionPipeline",
+        "",
+        'pipe = DiffusionPipeline.from_pretrained("HUB_FOLDER", trust_remote_code=True)  # or the Hub repo it went to',
+        "```",
+        "",
+    ]
 
 
 def model_card(
@@ -218,24 +286,7 @@ def model_card(
         "",
     ]
     lines += [
-        "## Use",
-        "",
-        "The pipeline's code ships in this folder (`pipeline_portrait_rt.py`, and each model's beside its weights), "
-        "so diffusers loads it without portrait-rt installed (it needs torch, diffusers >= 0.40, transformers, "
-        "accelerate, numpy, soxr, soundfile and pillow):",
-        "",
-        "```python",
-        "import torch",
-        "from diffusers import DiffusionPipeline",
-        "",
-        f'pipe = DiffusionPipeline.from_pretrained("{model_id}", trust_remote_code=True)',
-        'out = pipe(reference_images=["face.png"], audio="speech.wav", generator=torch.Generator().manual_seed(0))',
-        f"out.frames  # uint8 (T, {pipe.resolution}, {pipe.resolution}, 3) at 25 fps",
-        "```",
-        "",
-        "With portrait-rt installed, `PortraitRTPipeline.from_pretrained(...)` loads the same folder with the "
-        "library's own classes, and adds the streaming API, the CLI and the Space.",
-        "",
+        *usage_section(model_id, pipe.resolution),
         "## Model",
         "",
         f"- resolution {pipe.resolution}², 25 fps, latents 64 x T/4 x {side} x {side}; "
@@ -332,12 +383,11 @@ def export(
     vae_run: str | Path | None = None,
     notes: str = "",
 ) -> PortraitRTPipeline:
-    """Write the pipeline folder: weights, its code (`write_remote_code`), README.md and the metrics it shows
-    (metrics.json); returns the pipeline."""
+    """Write the pipeline folder: `save_pretrained`'s configs and weights, README.md and the metrics it shows
+    (metrics.json); returns the pipeline. No code: `write_hub_folder` adds it to the copy that is published."""
     pipe = build_pipeline(vae_dir, dit_dir)
     output = Path(output)
     pipe.save_pretrained(output, safe_serialization=True)
-    write_remote_code(output)
     vae_summary = run_summary(vae_run or Path(vae_dir).parent)
     card = model_card(pipe, vae_summary, run_summary(dit_dir), metrics, notes, str(output))
     (output / "README.md").write_text(card)
@@ -349,23 +399,28 @@ def export(
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae", help="trained VAE folder (train vae's <output-dir>/vae)")
     parser.add_argument("--dit", help="DiT run folder (holding transformer/ and audio_encoder/)")
-    parser.add_argument("--output", required=True, help="pipeline folder to write")
+    parser.add_argument(
+        "--output", required=True, help="pipeline folder to write (without --vae/--dit: one exported earlier)"
+    )
     parser.add_argument("--metrics", default=None, help="metrics JSON from `python -m portrait_rt.training.report`")
     parser.add_argument("--notes", default="", help="extra text for the model card")
     parser.add_argument(
-        "--code-only",
-        action="store_true",
-        help="only (re)write the code of the pipeline folder --output, exported earlier, from this library",
+        "--hub-folder",
+        default=None,
+        help="also write the copy of --output to publish on the Hub: the same files plus the pipeline's code, for "
+        "DiffusionPipeline.from_pretrained(..., trust_remote_code=True) without portrait_rt",
     )
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    if args.code_only:
-        write_remote_code(args.output)
-    elif not (args.vae and args.dit):
-        raise ValueError("give --vae and --dit (the trained runs), or --code-only to refresh a folder's code")
-    else:
+    if args.vae and args.dit:
         metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
         export(args.vae, args.dit, args.output, metrics, notes=args.notes)
-    print(f"wrote {args.output}")
+        print(f"wrote {args.output}")
+    elif args.vae or args.dit or not args.hub_folder:
+        raise ValueError(
+            "give --vae and --dit (the trained runs) to export --output, or --hub-folder alone to publish --output"
+        )
+    if args.hub_folder:
+        print(f"wrote {write_hub_folder(args.output, args.hub_folder)}")
     return 0
