@@ -300,6 +300,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--duration", type=float, default=None, help="seconds per clip (default: the speech's)")
     synth.add_argument("--split", choices=["train", "eval"], default="train")
     synth.add_argument("--seed", type=int, default=0, help="first clip seed")
+    synth.add_argument(
+        "--photo-fraction", type=float, default=0.0, help="share of clips in the photographic look (0-1; 0: cartoons)"
+    )
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -308,7 +311,7 @@ def cli_main(args: argparse.Namespace) -> int:
         from portrait_rt.data.shards import write_synthetic_shards
 
         store = write_synthetic_shards(
-            args.output_dir, args.num_clips, args.resolution, args.split, args.seed, args.duration
+            args.output_dir, args.num_clips, args.resolution, args.split, args.seed, args.duration, args.photo_fraction
         )
         print(f"{len(store)} synthetic clips in {store.root}")
         return 0

@@ -118,12 +118,17 @@ def write_synthetic_shards(
     split: str = "train",
     seed: int = 0,
     duration: float | None = None,
+    photo_fraction: float = 0.0,
 ) -> ClipStore:
     """Render `num_clips` synthetic corpus clips (seeds `seed`, `seed + 1`, ...) into a shard folder, once.
 
-    Clips already in the folder are kept, so an interrupted render resumes.
+    Clips already in the folder are kept, so an interrupted render resumes. `photo_fraction` of them (chosen per seed
+    by `photo_look.look_for`) in the photographic look; each clip's look is in the index.
     """
+    from portrait_rt.data.photo_look import look_for
     from portrait_rt.data.synthetic import render_clip
+
+    look_for(seed, split, photo_fraction)  # a bad fraction fails before anything is written
 
     store = ClipStore.create(root, resolution, source="synthetic", split=split)
     have = set(store.names)
@@ -131,7 +136,8 @@ def write_synthetic_shards(
         name = f"{split}_{seed + k:06d}"
         if name in have:
             continue
-        clip = render_clip(seed + k, resolution=resolution, duration=duration, split=split)
-        store.add(name, clip.frames, clip.audio, seed=seed + k, split=split)
+        look = look_for(seed + k, split, photo_fraction)
+        clip = render_clip(seed + k, resolution=resolution, duration=duration, split=split, look=look)
+        store.add(name, clip.frames, clip.audio, seed=seed + k, split=split, look=look)
         logger.info("rendered %s (%d frames)", name, clip.frames.shape[0])
     return store

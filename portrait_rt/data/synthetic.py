@@ -47,6 +47,7 @@ MIN_RESOLUTION, MAX_RESOLUTION = 64, 512
 HAIR_STYLES = ("short", "long", "bob", "bald", "bun", "curly", "spiky")
 BACKGROUNDS = ("solid", "linear", "radial", "noise")
 OVERLAYS = ("none", "stripes", "checks", "dots", "shapes")
+LOOKS = ("cartoon", "photo")  # flat illustration (this module) or crude photographs (`photo_look`)
 
 
 def key_distance(rgb) -> np.ndarray:
@@ -665,6 +666,7 @@ def render_clip(
     split: str = "train",
     audio: np.ndarray | None = None,
     motion_seed: int | None = None,
+    look: str = "cartoon",
 ) -> Clip:
     """Render clip `seed` of `split`: deterministic per (seed, resolution, split, duration, motion_seed).
 
@@ -674,8 +676,11 @@ def render_clip(
     `motion_seed`: draw what the audio does not determine (head pose, blinks, gaze, brows, breathing) from another
     random process that starts where the clip's own does: frame 0 and the mouth are unchanged, the rest of the motion
     differs. What a perfect generator could output given the first frame and the speech (`report`'s sharp ceiling).
+    `look`: "cartoon" or "photo" (`portrait_rt.data.photo_look`: the same identity, speech and motion, photographed).
     """
     _check_args(resolution, split, duration)
+    if look not in LOOKS:
+        raise ValueError(f"look must be one of {LOOKS}, got {look!r}")
     ident = Identity.sample(identity_seed_for(seed, split))
     if audio is None:
         spec, audio = clip_speech(seed, split, duration)
@@ -707,9 +712,15 @@ def render_clip(
     swing = _earring_swing(lobe_x * 0.3, 0.3) if ident.earrings is not None else np.zeros(t, np.float32)
 
     # 2. draw
-    painter = _Painter(ident, resolution)
+    if look == "photo":
+        from .photo_look import PhotoPainter
+
+        painter = PhotoPainter(ident, resolution, split)
+    else:
+        painter = _Painter(ident, resolution)
     frames = np.empty((t, resolution, resolution, 3), np.uint8)
     boxes = {"face": [], "head": [], "torso": [], "body": [], "mouth": []}
+    interior = []  # the photo look's open-mouth area per frame
     for i in range(t):
         pose = _Pose(mo["yaw"][i], mo["pitch"][i], mo["roll"][i], mo["trans"][i, 0], mo["trans"][i, 1])
         frames[i], b = painter.draw(
@@ -724,6 +735,8 @@ def render_clip(
         )
         for k in boxes:
             boxes[k].append(b[k])
+        if "mouth_interior" in b:
+            interior.append(b["mouth_interior"])
 
     meta = {
         "seed": seed,
@@ -742,7 +755,11 @@ def render_clip(
         "breath": mo["breath"].astype(np.float32),
         "earring_angle": swing,
         **{f"{k}_box": np.asarray(v, np.float32) for k, v in boxes.items()},
+        "look": look,
     }
+    if look == "photo":
+        meta["photo_style"] = painter.style.to_dict()
+        meta["mouth_interior_area"] = np.asarray(interior, np.float32)
     return Clip(frames=frames, audio=audio, sample_rate=SAMPLE_RATE, meta=meta)
 
 
@@ -769,14 +786,20 @@ def write_corpus(
     seed: int = 0,
     duration: float | None = None,
     workers: int = 1,
+    photo_fraction: float = 0.0,
 ) -> list[dict[str, Path]]:
-    """Render and write `num_clips` clips (seeds seed..seed+num_clips-1) plus `index.json`; returns their paths."""
+    """Render and write `num_clips` clips (seeds seed..seed+num_clips-1) plus `index.json`; returns their paths.
+
+    `photo_fraction`: the share of clips in the photographic look (`photo_look.look_for` picks which, per seed)."""
+    from .photo_look import look_for
+
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
     _check_args(resolution, split, duration)
     seeds = list(range(seed, seed + num_clips))
     names = [f"{split}_{s:08d}" for s in seeds]
-    job = [(s, resolution, duration, split, out_dir, n) for s, n in zip(seeds, names)]
+    looks = [look_for(s, split, photo_fraction) for s in seeds]
+    job = [(s, resolution, duration, split, out_dir, n, k) for s, n, k in zip(seeds, names, looks)]
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -784,15 +807,18 @@ def write_corpus(
             written = list(pool.map(_write_one, job))
     else:
         written = [_write_one(j) for j in job]
-    index = [{"name": n, "seed": s, **{k: p.name for k, p in w.items()}} for n, s, w in zip(names, seeds, written)]
+    index = [
+        {"name": n, "seed": s, "look": k, **{f: p.name for f, p in w.items()}}
+        for n, s, k, w in zip(names, seeds, looks, written)
+    ]
     meta = {"split": split, "resolution": resolution, "fps": FPS, "sample_rate": SAMPLE_RATE, "clips": index}
     (Path(out_dir) / "index.json").write_text(json.dumps(meta, indent=1))
     return written
 
 
 def _write_one(job) -> dict[str, Path]:
-    s, resolution, duration, split, out_dir, name = job
-    return write_clip(render_clip(s, resolution, duration, split), out_dir, name)
+    s, resolution, duration, split, out_dir, name, look = job
+    return write_clip(render_clip(s, resolution, duration, split, look=look), out_dir, name)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -929,12 +955,18 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="first clip seed")
     parser.add_argument("--duration", type=float, default=None, help="seconds per clip (default: the speech's)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument(
+        "--photo-fraction", type=float, default=0.0, help="share of clips in the photographic look (0-1; 0: cartoons)"
+    )
 
 
 def cli_main(args: argparse.Namespace) -> int:
     """Write the corpus and print a one-line summary."""
     written = write_corpus(
-        args.out, args.num_clips, args.resolution, args.split, args.seed, args.duration, args.workers
-    )
-    print(json.dumps({"out": str(args.out), "clips": len(written), "split": args.split}))
+        args.out, args.num_clips, args.resolution, args.split, args.seed, args.duration, args.workers,
+        args.photo_fraction,
+    )  # fmt: skip
+    index = json.loads((Path(args.out) / "index.json").read_text())
+    photos = sum(c["look"] == "photo" for c in index["clips"])
+    print(json.dumps({"out": str(args.out), "clips": len(written), "split": args.split, "photo_clips": photos}))
     return 0
