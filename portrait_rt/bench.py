@@ -35,8 +35,6 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="warm-up blocks per stream")
     parser.add_argument("--minutes", type=float, default=0.0, help="stream this long and report flatness")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)")
-    parser.add_argument("--compile", default=None, help="torch.compile backend for the per-block paths (inductor)")
-    parser.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead (CUDA graphs), max-autotune")
     parser.add_argument(
         "--fast-path",
         action="store_true",
@@ -101,8 +99,6 @@ def run_benchmark(args: argparse.Namespace, loaded: tuple | None = None) -> dict
     `enable_fast_path()` already ran is reused as it is)."""
     pipe, choice = loaded or load_from_args(args)
     device = pipe.device
-    if args.compile:
-        pipe.compile_streaming(backend=args.compile, mode=args.compile_mode)
     guidance = 1.0 if args.no_guidance else args.guidance
     res = pipe.resolution
     refs = [np.random.default_rng(i).integers(0, 255, (res, res, 3), dtype=np.uint8) for i in range(2)]
@@ -175,8 +171,6 @@ def run_benchmark(args: argparse.Namespace, loaded: tuple | None = None) -> dict
         "device_kind": device.type,
         "threads": torch.get_num_threads(),
         "dtype": str(pipe.transformer.dtype).removeprefix("torch."),
-        "compile": args.compile,
-        "compile_mode": args.compile_mode,
         "fast_path": bool(getattr(args, "fast_path", False)),
         "warmup_s": warmup_s,  # the fast path's compile + a throwaway window before the measured group starts
         "resolution": res,

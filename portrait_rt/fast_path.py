@@ -46,24 +46,22 @@ def compile_repeated_blocks(pipe, backend: str = "inductor", mode: str | None = 
 
 
 class CachedStepGraphs:
-    """`FlowDiT._cached_step` replayed from CUDA graphs, captured on first use per (inputs' shapes, stream start).
+    """A runner (`FlowDiT.set_cached_step_runner`) that replays `FlowDiT._cached_step` from CUDA graphs, captured on
+    first use per (inputs' shapes, stream start).
 
     A graph bakes in the addresses of the cache's buffers and of the device tensor holding its window position, so it
     lives in `cache.graphs` (gone with the cache) and serves every window position of that cache. Inputs are copied
     into the graph's own tensors before each replay; the velocity is returned as a copy. Caches without static shapes,
-    and tensors not on CUDA, run the wrapped step as it is.
+    and tensors not on CUDA, run the step as it is.
     """
 
-    def __init__(self, step):
-        self.step = step  # the bound `FlowDiT._cached_step` (its blocks possibly compiled)
-
-    def __call__(self, cache, latents, timestep, audio_features, drop_audio, stream_start: bool) -> torch.Tensor:
+    def __call__(self, step, cache, latents, timestep, audio_features, drop_audio, stream_start: bool) -> torch.Tensor:
         inputs = (latents, timestep, audio_features, drop_audio)
         if not cache.static_shapes or latents.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
-            return self.step(cache, *inputs, stream_start)
+            return step(cache, *inputs, stream_start)
         key = (stream_start, *(None if x is None else (tuple(x.shape), x.dtype) for x in inputs))
         if key not in cache.graphs:
-            cache.graphs[key] = self._capture(cache, inputs, stream_start)
+            cache.graphs[key] = self._capture(step, cache, inputs, stream_start)
         graph, static_inputs, static_output = cache.graphs[key]
         for static, x in zip(static_inputs, inputs):
             if static is not None:
@@ -71,16 +69,17 @@ class CachedStepGraphs:
         graph.replay()
         return static_output.clone()
 
-    def _capture(self, cache, inputs, stream_start: bool):
+    @staticmethod
+    def _capture(step, cache, inputs, stream_start: bool):
         static_inputs = [None if x is None else x.clone() for x in inputs]
         # Warm up on a side stream (lazy initialisation, compilation of a new shape), as torch.cuda.graphs asks; the
         # pass only writes K/V past the cache's valid length (or the same values a replay writes next).
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self.step(cache, *static_inputs, stream_start)
+            step(cache, *static_inputs, stream_start)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_output = self.step(cache, *static_inputs, stream_start)
+            static_output = step(cache, *static_inputs, stream_start)
         return graph, static_inputs, static_output

@@ -168,18 +168,6 @@ class PortraitRTPipeline(DiffusionPipeline):
     def resolution(self) -> int:
         return int(self.vae.config.resolution)
 
-    def compile_streaming(self, backend: str = "inductor", mode: str | None = None, dynamic: bool = False) -> None:
-        """`torch.compile` the per-block hot paths: G's cached pass and KV write, and the VAE's chunk decode.
-
-        Shapes are static per block position (the KV cache is preallocated; attention reads the valid prefix, so a
-        window has `kv_window / block_size` shapes, each compiled once), so `mode="reduce-overhead"` (CUDA graphs)
-        applies on GPU. Outputs equal the eager path up to float tolerance (a test checks it with `aot_eager`).
-        """
-        options = {"backend": backend, "mode": mode, "dynamic": dynamic}
-        self.transformer.forward_cached = torch.compile(self.transformer.forward_cached, **options)
-        self.transformer.update_cache = torch.compile(self.transformer.update_cache, **options)
-        self.vae.decode_chunk = torch.compile(self.vae.decode_chunk, **options)
-
     def enable_fast_path(
         self,
         compile: bool = True,
@@ -200,8 +188,7 @@ class PortraitRTPipeline(DiffusionPipeline):
         overlap_decode = cuda if overlap_decode is None else overlap_decode
         if compile:
             compile_repeated_blocks(self, backend=backend)
-        if cuda_graphs and not isinstance(self.transformer._cached_step, CachedStepGraphs):
-            self.transformer._cached_step = CachedStepGraphs(self.transformer._cached_step)
+        self.transformer.set_cached_step_runner(CachedStepGraphs() if cuda_graphs else None)
         stream = torch.cuda.Stream(self._execution_device) if overlap_decode and cuda else None
         self._fast_path = FastPathSettings(compile, cuda_graphs, overlap_decode, stream)
 

@@ -268,16 +268,3 @@ def test_bfloat16_pipeline_stays_close_to_float32(tiny_pipe, portraits, tmp_path
     low = bf16(portraits[:1], x, num_inference_steps=2, generator=_gen(7)).frames.astype(float)
     assert ref.shape == low.shape
     assert np.abs(ref - low).mean() < 3.0, np.abs(ref - low).mean()  # uint8 levels
-
-
-def test_compiled_streaming_matches_eager(portraits):
-    from .conftest import perturb_
-
-    torch.manual_seed(0)
-    pipe = PortraitRTPipeline.from_preset("tiny")
-    perturb_(pipe.transformer)
-    x = (speech_like(0.7), SAMPLE_RATE)
-    eager = pipe(portraits[:1], x, num_inference_steps=2, generator=_gen(1)).frames
-    pipe.compile_streaming(backend="aot_eager")  # graph capture without codegen: fast on CPU, same graphs as inductor
-    compiled = pipe(portraits[:1], x, num_inference_steps=2, generator=_gen(1)).frames
-    assert np.abs(compiled.astype(int) - eager.astype(int)).max() <= 1

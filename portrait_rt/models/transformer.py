@@ -20,6 +20,7 @@ Two entry points:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -314,6 +315,7 @@ class FlowDiT(ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["FlowDiTBlock"]
     _repeated_blocks = ["FlowDiTBlock"]  # diffusers' regional compilation (`compile_repeated_blocks`)
+    _cached_step_runner: Callable[..., torch.Tensor] | None = None  # `set_cached_step_runner`
     _keep_in_fp32_modules = ["time_embedder", "scale_shift_table", "norm1", "norm2", "norm_out"]
 
     @register_to_config
@@ -635,7 +637,16 @@ class FlowDiT(ModelMixin, ConfigMixin):
         timestep = self._frame_timesteps(timestep, batch_size, num_frames, latents.device).contiguous()  # (B, k)
         if cache.static_shapes:
             cache.position.fill_(cache.num_latent_frames)  # on the device, outside any captured graph
-        return self._cached_step(cache, latents, timestep, audio_features, drop_audio, stream_start)
+        inputs = (cache, latents, timestep, audio_features, drop_audio, stream_start)
+        if self._cached_step_runner is not None:
+            return self._cached_step_runner(self._cached_step, *inputs)
+        return self._cached_step(*inputs)
+
+    def set_cached_step_runner(self, runner: Callable[..., torch.Tensor] | None) -> None:
+        """Run the tensor work of every cached pass as `runner(step, cache, latents, timestep, audio_features,
+        drop_audio, stream_start)`, where `step` is `_cached_step` (the fast path's CUDA graphs,
+        `portrait_rt.fast_path.CachedStepGraphs`, replay it); None: `step` runs as it is."""
+        self._cached_step_runner = runner
 
     def _cached_step(
         self,
