@@ -131,6 +131,7 @@ class PhotoStyle:
     sheen: float
     stubble: float
     freckles: float
+    age: float  # 0: smooth skin; up to 1: forehead lines, folds from nose to mouth, under-eye bags
     background: str
     image: str | None
     blur: float  # camera defocus, output pixels at 128 px (scaled with the resolution)
@@ -186,6 +187,7 @@ class PhotoStyle:
             vignette=float(rng.uniform(0.0, 0.35)),
             exposure=float(rng.uniform(0.88, 1.12)),
             seed=int(rng.integers(2**31)),
+            age=float(rng.uniform(0.3, 1.0)) if rng.random() < 0.45 else 0.0,
         )
 
     def to_dict(self) -> dict:
@@ -345,6 +347,18 @@ class PhotoPainter(_Painter):
             spots = np.clip(_noise(rng, u.shape, 1.0) - 2.0, 0, None) * st.freckles
             spots *= g(-((u / 0.7) ** 2 + ((v - 0.2) / 0.35) ** 2))
             alb *= 1 - np.clip(spots, 0, 0.5)[..., None] * np.array([0.25, 0.35, 0.4], np.float32)
+        if st.age > 0:
+            lines = np.zeros_like(u)
+            for k in range(int(rng.integers(2, 5))):  # forehead lines, wavy, fading at the temples
+                vl = -0.42 - 0.085 * k + 0.02 * np.sin(u * 3 + rng.uniform(0, 6))
+                lines += np.exp(-(((v - vl) / 0.012) ** 2)) * (1 - _smoothstep(0.3, 0.6, np.abs(u) / idt.ax))
+            for sgn in (-1, 1):  # from the nose's wings to beyond the mouth's corners
+                t = np.clip((v - 0.36) / 0.42, 0, 1)
+                uc = sgn * (0.16 + t * (idt.mouth_w + 0.08 - 0.16) + 0.04 * np.sin(np.pi * t))
+                lines += 1.3 * np.exp(-(((u - uc) / 0.018) ** 2)) * _smoothstep(0.0, 0.15, t) * (v < 0.8)
+                eye = np.exp(-(((u - sgn * 0.38 * idt.ax) / 0.15) ** 2) - ((v - 0.1) / 0.025) ** 2)
+                lines += 0.8 * eye  # the edge of an under-eye bag
+            alb *= 1 - (0.2 * st.age * np.clip(lines, 0, 1.5))[..., None]
         # one grid for both: (normal x, y, z, albedo r, g, b), sampled together
         self.face_grid = _Grid(np.concatenate([n, np.clip(alb, 0, 1)], -1).astype(np.float32), grid.u0, grid.v0, step)
 

@@ -603,7 +603,7 @@ class Clip:
     in pixels, blink (T,), breath (T,), earring_angle (T,), and boxes (T, 4) x0, y0, x1, y1 in pixels: face_box
     (the face outline), mouth_box, head_box (face, hair, ears, accessories), torso_box (neck, shoulders),
     body_box (their bounding box); the drift metric's foreground is [head_box, torso_box]. Plus seed, split,
-    identity, speech.
+    identity, speech, look; the photo look adds photo_style and mouth_interior_area (T,), the open mouth's pixels.
     """
 
     frames: np.ndarray
