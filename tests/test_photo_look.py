@@ -153,5 +153,14 @@ def test_synth_and_prepare_cli_mix(tmp_path):
     shards = tmp_path / "shards"
     args = ["prepare", "synthetic", str(shards), "--num-clips", "4", "--resolution", "64", "--duration", "0.4"]
     assert main(args + ["--photo-fraction", "0.5"]) == 0
-    looks = [c["look"] for c in ClipStore(shards).index["clips"]]
+    store = ClipStore(shards)
+    looks = [c["look"] for c in store.index["clips"]]
     assert looks == [look_for(s, "train", 0.5) for s in range(4)]
+    # the renderer's truth travels with the frames
+    k = looks.index("photo")
+    clip = render_clip(k, 64, duration=0.4, look="photo")
+    assert np.array_equal(store.truth(k, "mouth_box"), clip.meta["mouth_box"])
+    assert np.array_equal(store.truth(k, "mouth_interior_area"), clip.meta["mouth_interior_area"])
+    assert store.truth(k, "head_pose").shape == (store.num_frames(k), 3)
+    with pytest.raises(KeyError, match="mouth_interior_area"):
+        store.truth(looks.index("cartoon"), "mouth_interior_area")

@@ -4,6 +4,7 @@
       index.json               {"resolution", "fps", "sample_rate", "clips": [{"name", "num_frames", ...}], "skipped"}
       <name>/frames.npy        uint8 (T, H, W, 3) at 25 fps, square `resolution`
       <name>/audio.npy         float32 (T * 640,) mono at 16 kHz: frame i <-> samples [640 i, 640 (i + 1))
+      <name>/<truth>.npy       rendered clips only: per-frame truth (T, ...), e.g. mouth_open, mouth_box (`TRUTH`)
 
 Plain `.npy` files are memory-mapped, so a loader touches only the frames of the windows it samples, and a corpus
 is rendered once instead of once per step. `index.json` is rewritten after each clip, so an interrupted writer
@@ -24,6 +25,8 @@ from portrait_rt.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 logger = logging.getLogger(__name__)
 
 INDEX = "index.json"
+# The rendered corpus's per-frame truth kept beside its frames (what the renderer knows and no pixel key must recover)
+TRUTH = ("mouth_open", "mouth_spread", "head_pose", "head_translation", "blink", "face_box", "head_box", "mouth_box")
 
 
 class ClipStore:
@@ -81,13 +84,23 @@ class ClipStore:
             self._cache[i] = (np.load(folder / "frames.npy", mmap_mode="r"), np.load(folder / "audio.npy"))
         return self._cache[i]
 
+    def truth(self, i: int, name: str) -> np.ndarray:
+        """Clip `i`'s per-frame truth `name` (T, ...) (rendered clips only: see `TRUTH`)."""
+        path = self.root / self.index["clips"][i]["name"] / f"{name}.npy"
+        if not path.is_file():
+            raise KeyError(f"clip {self.names[i]!r} has no {name!r} truth (only rendered clips do: {TRUTH})")
+        return np.load(path)
+
     def _save_index(self) -> None:
         tmp = self.root / f".{INDEX}.partial"
         tmp.write_text(json.dumps(self.index, indent=1))
         os.replace(tmp, self.root / INDEX)
 
-    def add(self, name: str, frames: np.ndarray, audio: np.ndarray, **info) -> None:
-        """Append a clip: frames uint8 (T, R, R, 3); audio float32 at 16 kHz, trimmed/padded to T * 640 samples."""
+    def add(
+        self, name: str, frames: np.ndarray, audio: np.ndarray, truth: dict[str, np.ndarray] | None = None, **info
+    ) -> None:
+        """Append a clip: frames uint8 (T, R, R, 3); audio float32 at 16 kHz, trimmed/padded to T * 640 samples;
+        `truth`: per-frame arrays (T, ...) saved beside them (`truth(i, name)` reads one back)."""
         frames = np.asarray(frames)
         r = self.resolution
         if frames.ndim != 4 or frames.shape[1:] != (r, r, 3) or frames.dtype != np.uint8:
@@ -99,6 +112,11 @@ class ClipStore:
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "frames.npy", frames)
         np.save(folder / "audio.npy", audio)
+        for key, value in (truth or {}).items():
+            value = np.asarray(value)
+            if value.shape[:1] != frames.shape[:1]:
+                raise ValueError(f"truth {key!r} has {value.shape[:1]} frames, the clip {frames.shape[0]}.")
+            np.save(folder / f"{key}.npy", value)
         self.index["clips"] = [c for c in self.index["clips"] if c["name"] != name]
         self.index["clips"].append({"name": name, "num_frames": int(frames.shape[0]), **info})
         self._save_index()
@@ -138,6 +156,7 @@ def write_synthetic_shards(
             continue
         look = look_for(seed + k, split, photo_fraction)
         clip = render_clip(seed + k, resolution=resolution, duration=duration, split=split, look=look)
-        store.add(name, clip.frames, clip.audio, seed=seed + k, split=split, look=look)
+        truth = {key: clip.meta[key] for key in (*TRUTH, "mouth_interior_area") if key in clip.meta}
+        store.add(name, clip.frames, clip.audio, truth, seed=seed + k, split=split, look=look)
         logger.info("rendered %s (%d frames)", name, clip.frames.shape[0])
     return store
