@@ -4,8 +4,9 @@
 - `space.live`: live mode: the tab's `LiveSession` (a `gr.State`), `LiveStream` (a pipeline stream's block records
   -> `.ts` segments, each with the audio its blocks carry) and `run_live`, the loop between them;
 - `space.realtime`: the low-latency live path: a WebSocket per browser tab (mounted on the app's server at
-  /live-rt) and the page's client (`space/static/live.js`, plain JavaScript), built from `space.protocol` (its
-  messages), `space.session` (one conversation: inbox, stream, when it ends) and `space.gate` (admission);
+  /live-rt) and the page's client (`space/static/live.js`, plain JavaScript), built from the library's
+  `portrait_rt.serving.protocol` (its messages), `space.session` (one conversation: inbox, stream, when it ends)
+  and `space.gate` (admission);
 - `space.panels`: what the page shows: the speed readout, the lip-sync plot, the About text, the block sizes.
 
 `app.py` builds widgets and wires events to these; the pipeline is loaded by `portrait_rt.loading`, like everywhere

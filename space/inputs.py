@@ -5,13 +5,9 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-import torch
-
 from portrait_rt.audio import is_silent, read_mono
-from portrait_rt.constants import MAX_REFERENCES
 from portrait_rt.images import load_image
-
-MAX_SEED = 2**31 - 1
+from portrait_rt.serving.protocol import check_reference_count, make_generator  # noqa: F401 - the Space's rules too
 
 
 @contextlib.contextmanager
@@ -36,21 +32,6 @@ def collect_references(*images, resolution: int) -> list:
                 refs.append(load_image(image, resolution))
     check_reference_count(len(refs))
     return refs
-
-
-def check_reference_count(count: int) -> None:
-    """1 to `MAX_REFERENCES` reference images, else `ValueError` saying which slot to fill or how many to drop."""
-    if count == 0:
-        raise ValueError("Upload a portrait in 'Reference 1' (the face to animate).")
-    if count > MAX_REFERENCES:
-        raise ValueError(f"Got {count} reference images; use 1 to {MAX_REFERENCES}.")
-
-
-def make_generator(seed) -> torch.Generator:
-    """A CPU generator seeded with `seed` (an integer 0 .. 2^31-1); the pipeline draws its noise from it."""
-    if seed is None or not float(seed).is_integer() or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"Seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}.")
-    return torch.Generator().manual_seed(int(seed))
 
 
 def load_speech(audio, max_seconds: float, field: str = "Speech audio") -> tuple:

@@ -15,8 +15,9 @@ is ~100 KB/s down and 32 KB/s up. Video frames go down as the block's JPEGs, wit
 (`BlockRecord.audio`): the client plays both against one clock (its `AudioContext`), and measures the mic-to-screen
 latency itself, from the capture time of each frame's audio to the moment the frame is drawn.
 
-The rooms: `space.protocol` (the messages: the "start" message checked, blocks packed), `space.session` (one
-conversation: its inbox, its stream, when it ends), `space.gate` (admission). This module is the server that joins
+The rooms: `portrait_rt.serving.protocol` (the messages: the "start" message checked, blocks packed; the
+library's, shared with the Ray Serve deployment), `space.session` (one conversation: its inbox, its stream, when it
+ends), `space.gate` (admission). This module is the server that joins
 them to the app (its routes) and reads its settings from the environment.
 
 Fair sharing (`LiveGate`): at most `capacity` streams run at once (`PORTRAIT_RT_REALTIME_STREAMS`); the next
@@ -35,9 +36,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from portrait_rt.serving.protocol import parse_start
 from space.gate import LiveGate
 from space.panels import block_size_choices
-from space.protocol import parse_start
 from space.session import Session, close, send_error
 
 STATIC = Path(__file__).parent / "static"

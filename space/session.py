@@ -11,8 +11,8 @@ import logging
 import numpy as np
 
 from portrait_rt.constants import SAMPLE_RATE
+from portrait_rt.serving.protocol import LiveRequest, pack_block
 from space.gate import LiveGate, LiveRefused
-from space.protocol import LiveRequest, pack_block
 
 logger = logging.getLogger(__name__)
 IDLE_TIMEOUT_S = 10.0  # no audio for this long (after "ready"): the microphone is gone, the session ends

@@ -15,8 +15,8 @@ from PIL import Image
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from portrait_rt.serving.protocol import pack_block, parse_start, unpack_block
 from space.gate import LiveGate, LiveRefused
-from space.protocol import pack_block, parse_start, unpack_block
 from space.realtime import LiveServer, env_int
 from tests.conftest import speech_like
 

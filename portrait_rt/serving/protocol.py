@@ -1,5 +1,8 @@
 """The live WebSocket's messages: the client's "start" message checked into a `LiveRequest`, and the blocks sent
-back packed as binary messages (`pack_block`; `unpack_block` reads them)."""
+back packed as binary messages (`pack_block`; `unpack_block` reads them).
+
+The library's, so that every server of the protocol speaks it the same way: the Space's live path (`space/realtime.py`,
+`space/session.py`) and the Ray Serve deployment (`portrait_rt.serving.ray_app`). No web framework here."""
 
 from __future__ import annotations
 
@@ -12,12 +15,13 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-from portrait_rt.constants import FPS, SAMPLE_RATE
+from portrait_rt.constants import FPS, MAX_REFERENCES, SAMPLE_RATE
 from portrait_rt.images import load_reference_images
-from space.inputs import check_reference_count, make_generator
 
+MAX_SEED = 2**31 - 1
 MAX_REFERENCE_BYTES = 20 * 2**20
 MIN_CLIENT_RATE, MAX_CLIENT_RATE = 8_000, 192_000
 JPEG_QUALITY = 85
@@ -30,6 +34,21 @@ class LiveRequest:
     references: np.ndarray  # uint8 (M, H, W, 3), as the pipeline loads them
     settings: dict  # keyword arguments of `start_stream` except the references
     sample_rate: int  # of the PCM the client will send
+
+
+def check_reference_count(count: int) -> None:
+    """1 to `MAX_REFERENCES` reference images, else `ValueError` saying which slot to fill or how many to drop."""
+    if count == 0:
+        raise ValueError("Upload a portrait in 'Reference 1' (the face to animate).")
+    if count > MAX_REFERENCES:
+        raise ValueError(f"Got {count} reference images; use 1 to {MAX_REFERENCES}.")
+
+
+def make_generator(seed) -> torch.Generator:
+    """A CPU generator seeded with `seed` (an integer 0 .. 2^31-1); the pipeline draws its noise from it."""
+    if seed is None or not float(seed).is_integer() or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"Seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}.")
+    return torch.Generator().manual_seed(int(seed))
 
 
 def _number(message: dict, name: str, kind=float):
