@@ -771,7 +771,7 @@ class PhotoPainter(_Painter):
         mw = idt.mouth_w * (0.85 + 0.3 * spread)
         h = 0.5 * opening  # interior height, as the cartoon's
         lt = 0.09
-        top_v, mid = 0.62, 0.62 + h / 2
+        mid = 0.62 + h / 2  # the upper lip stays where the cartoon's is (0.62), the jaw drops
         ou, ov = _ellipse(0, mid, mw + lt, h / 2 + lt, n=40)
         mb = np.asarray(self.project(ou, ov, 0.3, pose))
         win = self._window(mb, margin=4)
@@ -783,7 +783,7 @@ class PhotoPainter(_Painter):
         y_t = mid - (h / 2) * inside**0.7  # the opening's upper and lower edges
         y_b = mid + (h / 2) * inside**0.85
         bow = 1 - 0.35 * np.exp(-((s / 0.14) ** 2)) + 0.12 * np.exp(-(((np.abs(s) - 0.22) / 0.12) ** 2))
-        lip_u = top_v - 0.085 * bow * np.clip(1 - (s / 1.08) ** 2, 0, 1) ** 0.5
+        lip_u = y_t - 0.085 * bow * np.clip(1 - (s / 1.08) ** 2, 0, 1) ** 0.5  # follows the opening to the corners
         lip_l = y_b + 0.11 * np.clip(1 - (s / 1.05) ** 2, 0, 1) ** 0.6
         sd_lips = np.maximum.reduce([lip_u - v, v - lip_l, np.abs(u) - 1.08 * mw])
         a_lips = self._cover(sd_lips, 1.6)
