@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("portrait_rt.data.prepare", "turn a folder of your own talking videos into training shards"),
     "train": ("portrait_rt.training.cli", "train the VAE or the DiT with accelerate"),
     "export": ("portrait_rt.training.export", "write a complete pipeline folder from trained checkpoints"),
-    "eval": ("portrait_rt.eval.cli", "offline metrics: lip-sync, reconstruction, drift"),
+    "eval": ("portrait_rt.eval.cli", "offline metrics: lip-sync, reconstruction, drift; a model's report"),
     "bench": ("portrait_rt.bench", "streaming speed benchmark (JSON)"),
 }
 

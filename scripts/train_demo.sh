@@ -198,7 +198,7 @@ keep_dit_normalisation AG
 #    contact sheet into the folder; ~10 min on 2 threads), export again with it; then the Space's cached example and
 #    the README's preview (they record the weights' fingerprint; a test fails until they are remade).
 python -m portrait_rt export --vae "$WORK/runs/AG/vae" --dit "$WORK/runs/dit_v3" --output assets/portrait-rt-demo
-python -m portrait_rt.training.report --model assets/portrait-rt-demo --output "$WORK/metrics_v7.json" --clips 8 \
+python -m portrait_rt eval report --model assets/portrait-rt-demo --output "$WORK/metrics_v7.json" --clips 8 \
   --duration 4 --drift-minutes 5 --threads 2
 python -m portrait_rt export --vae "$WORK/runs/AG/vae" --dit "$WORK/runs/dit_v3" --output assets/portrait-rt-demo \
   --metrics "$WORK/metrics_v7.json" --notes "$(cat scripts/demo_model_notes.md)"

@@ -16,8 +16,9 @@ from portrait_rt.data.photo_look import (
     look_for,
     natural_images,
 )
-from portrait_rt.data.synthetic import EVAL_IDENTITY_OFFSET, MOUTH_INTERIOR_RGB, key_distance, render_clip
-from portrait_rt.eval.metrics import KEY_OUTER, mouth_opening, pearson
+from portrait_rt.data.synthetic import EVAL_IDENTITY_OFFSET, render_clip
+from portrait_rt.eval.metrics import mouth_opening, pearson
+from portrait_rt.mouth import KEY_OUTER, MOUTH_INTERIOR_RGB, key_distance
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,21 @@
-"""Synthetic corpus: determinism, alignment, held-out splits, the audio->mouth mapping, dataset windows, writing."""
+"""Synthetic corpus: determinism, alignment, held-out splits, the audio->mouth mapping (portrait_rt.mouth), writing."""
 
 import json
 
 import numpy as np
 import pytest
-import torch
 
 from portrait_rt.constants import SAMPLES_PER_FRAME
 from portrait_rt.data import speech
 from portrait_rt.data.synthetic import (
     EVAL_IDENTITY_OFFSET,
-    MOUTH_INTERIOR_RGB,
     Identity,
-    SyntheticTalkingDataset,
-    audio_mouth_features,
-    audio_to_mouth_opening,
     clip_speech_spec,
     identity_seed_for,
-    key_distance,
     render_clip,
     write_clip,
 )
+from portrait_rt.mouth import MOUTH_INTERIOR_RGB, audio_mouth_features, audio_to_mouth_opening, key_distance
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +86,6 @@ def test_held_out_voices_and_identities_never_in_train():
         assert identity_seed_for(seed, "eval") >= EVAL_IDENTITY_OFFSET
     assert not set(speech.TRAIN_LANGUAGES) & set(speech.EVAL_LANGUAGES)
     assert not set(speech.TRAIN_VARIANTS) & set(speech.EVAL_VARIANTS)
-    ds = SyntheticTalkingDataset(500, 64, split="train", seed=123)
-    assert max(ds.clip_seeds) < EVAL_IDENTITY_OFFSET and len(set(ds.clip_seeds)) == 500
     with pytest.raises(ValueError):
         identity_seed_for(EVAL_IDENTITY_OFFSET, "train")
 
@@ -122,38 +115,6 @@ def test_audio_to_mouth_mapping():
     assert f_open[12:18].mean() < 0.7 * v_open[12:18].mean() and f_spread[14] > v_spread[14]
     # other sample rates are resampled to 16 kHz first: same number of frames
     assert audio_to_mouth_opening(np.zeros(n * 3, np.float32), 48000).shape == (40,)
-
-
-def test_dataset_windows_references_and_cache(tmp_path):
-    ds = SyntheticTalkingDataset(2, 64, num_frames=9, clip_duration=1.0, windows_per_clip=6, cache_dir=tmp_path)
-    assert len(ds) == 12
-    items = [ds[i] for i in range(len(ds))]
-    it = items[0]
-    assert it["video"].shape == (3, 9, 64, 64) and it["audio"].shape == (9 * SAMPLES_PER_FRAME,)
-    assert it["video"].min() >= -1 and it["video"].max() <= 1 and it["video"].dtype == torch.float32
-    assert it["references"].ndim == 4 and 1 <= it["references"].shape[0] <= 3
-    starts = [x["start_frame"] for x in items]
-    assert 0 in starts and any(s > 0 for s in starts)
-    # window and references come from the same clip, aligned with its audio
-    clip = ds.clip(0)
-    x = items[0]
-    s = x["start_frame"]
-    frames = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).float() / 127.5 - 1
-    assert torch.allclose(x["video"], frames[:, s : s + 9])
-    assert np.array_equal(x["audio"].numpy(), clip.audio[s * SAMPLES_PER_FRAME : (s + 9) * SAMPLES_PER_FRAME])
-    for ref in x["references"]:
-        assert (ref[:, None] - frames).abs().amax(dim=(0, 2, 3)).min() < 1e-6
-    # deterministic, and the on-disk cache serves a fresh dataset the same windows
-    assert len(list(tmp_path.glob("*.npz"))) == 2
-    ds2 = SyntheticTalkingDataset(2, 64, num_frames=9, clip_duration=1.0, windows_per_clip=6, cache_dir=tmp_path)
-    assert torch.equal(ds2[5]["video"], items[5]["video"]) and torch.equal(
-        ds2[5]["references"], items[5]["references"]
-    )
-    batch = SyntheticTalkingDataset.collate_fn(items[:4])
-    assert batch["video"].shape == (4, 3, 9, 64, 64) and batch["references"].shape[:2] == batch["reference_mask"].shape
-    assert batch["reference_mask"].sum(1).tolist() == [x["references"].shape[0] for x in items[:4]]
-    with pytest.raises(ValueError):
-        SyntheticTalkingDataset(2, 64, num_references=4)
 
 
 def test_two_second_clip_renders_and_writes(tmp_path):

@@ -64,7 +64,7 @@ def test_vae_trainer_steps_and_latent_normalisation(trained_vae):
 
 
 def test_mouth_region_finds_the_mouth_interior(shards):
-    from portrait_rt.data.synthetic import MOUTH_INTERIOR_RGB
+    from portrait_rt.mouth import MOUTH_INTERIOR_RGB
     from portrait_rt.training.vae import frames_to_tensor
 
     frames, _ = shards.load(0)
@@ -256,7 +256,7 @@ def test_adversarial_term_keeps_the_discriminator_and_the_decoder_apart(shards, 
 
 
 def test_mouth_area_counts_the_interior_per_frame():
-    from portrait_rt.data.synthetic import MOUTH_INTERIOR_RGB
+    from portrait_rt.mouth import MOUTH_INTERIOR_RGB
     from portrait_rt.training.vae import MOUTH_AREA_SCALE, mouth_area
 
     video = torch.zeros(1, 3, 3, 16, 16)
@@ -267,7 +267,7 @@ def test_mouth_area_counts_the_interior_per_frame():
 def test_mouth_sync_loss_sees_a_mouth_one_frame_late_and_pulls_it_into_place():
     """A reconstruction whose mouth closes a frame late costs the whole change of area at that frame, and the loss's
     gradient reaches that frame's mouth pixels only (the soft colour key is differentiable)."""
-    from portrait_rt.data.synthetic import MOUTH_INTERIOR_RGB
+    from portrait_rt.mouth import MOUTH_INTERIOR_RGB
     from portrait_rt.training.vae import mouth_area
 
     interior = torch.tensor(MOUTH_INTERIOR_RGB).view(3, 1, 1, 1) / 127.5 - 1
@@ -407,7 +407,7 @@ def test_bundled_demo_model_follows_the_reference(demo_run):
     held-out clips); a fresh VAE starts at ~13 dB and cannot use references. Generated background 59.2 dB against the
     reference over the clip (demo v6 56.5; demo v2, before the reference warp: 20.7 dB)."""
     from portrait_rt.eval.metrics import background_drift
-    from portrait_rt.training.report import vae_psnr_by_references
+    from portrait_rt.eval.model_report import vae_psnr_by_references
 
     pipe, clip, out = demo_run
     assert out.frames.shape == (100, pipe.resolution, pipe.resolution, 3)
@@ -424,7 +424,7 @@ def test_bundled_demo_model_keeps_the_detail(demo_run):
     before the reference warp: 0.035, 0.036 and 21.8 dB.
     Floors 0.5, 0.5 and 35 dB: a blurrier checkpoint (or one whose warp stopped copying the reference) fails them."""
     from portrait_rt.eval.metrics import background_mask, detail_ratio
-    from portrait_rt.training.report import masked_psnr, vae_reconstruct
+    from portrait_rt.eval.model_report import masked_psnr, vae_reconstruct
 
     pipe, clip, out = demo_run
     recon = vae_reconstruct(pipe.vae, clip.frames)
@@ -442,7 +442,7 @@ def test_bundled_demo_vae_keeps_the_mouth_over_a_whole_clip(demo_run):
     clips, though its 5-frame windows scored 0.74-0.85); a VAE without a mouth ~0.07. Shipped model, this clip:
     0.84 (demo v6 0.85, v5 0.83, v4 0.75, v3 0.79)."""
     from portrait_rt.eval.metrics import mouth_opening, pearson
-    from portrait_rt.training.report import vae_reconstruct
+    from portrait_rt.eval.model_report import vae_reconstruct
 
     pipe, clip, _ = demo_run
     recon = vae_reconstruct(pipe.vae, clip.frames)  # no_grad inside
@@ -493,7 +493,7 @@ def test_bundled_demo_vae_keeps_the_face_deep_into_a_stream(demo_run):
     (the face turned to a wrong-coloured blur); the shipped model, trained with up to 80 frames of a stream's past
     before each window (`train vae --context-frames 80`), 16.1 dB (demo v5 and v6 16.3). First second: 19.2-19.5 dB."""
     from portrait_rt.data.synthetic import render_clip
-    from portrait_rt.training.report import masked_psnr, vae_reconstruct
+    from portrait_rt.eval.model_report import masked_psnr, vae_reconstruct
 
     pipe, _, _ = demo_run
     clip = render_clip(5, resolution=pipe.resolution, duration=8.0, split="eval")
@@ -505,13 +505,13 @@ def test_bundled_demo_vae_keeps_the_face_deep_into_a_stream(demo_run):
 
 
 def test_report_fills_the_model_cards_table(demo_run, tmp_path):
-    """`python -m portrait_rt.training.report` on the bundled model (one held-out clip): every row of the card's
+    """`python -m portrait_rt eval report` on the bundled model (one held-out clip): every row of the card's
     table, the contact sheet, the sharp ceiling (the same clip with another head motion scores below the ground
     truth against itself, MAX_PSNR, and, since frame 0 is shared, above 10 dB), and the CFG sweep's mouth amplitude:
     the bundled model opens the mouth about as far as the ground truth does (0.87 of it at lambda_a 1, over 8
     held-out clips; a model that stops opening it fails the floor)."""
+    from portrait_rt.eval.model_report import CFG_SETTINGS, evaluate_model
     from portrait_rt.training.export import metrics_table
-    from portrait_rt.training.report import CFG_SETTINGS, evaluate_model
 
     pipe, _, _ = demo_run
     report = evaluate_model(pipe, num_clips=1, duration=2.0, cfg=True, sheet_path=tmp_path / "sheet.png")

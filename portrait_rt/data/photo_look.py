@@ -43,7 +43,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy.ndimage import gaussian_filter
 
-from .synthetic import MOUTH_INTERIOR_RGB, Identity, _ellipse, _Painter, _Pose, key_distance
+from ..mouth import MOUTH_INTERIOR_RGB, key_distance
+from .synthetic import Identity, _ellipse, _Painter, _Pose
 
 KEY_MARGIN = 100.0  # no photo-look pixel is nearer the reserved mouth colour than this (`key_distance`)
 

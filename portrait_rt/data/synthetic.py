@@ -6,19 +6,20 @@ box-filtered down), speaking espeak-ng speech. Two kinds of motion:
 
 - not determined by the audio: head pose (turn, nod, roll, small translation) as smooth random processes, blinks,
   gaze, brows, breathing of the torso, earrings that swing with the head (a damped pendulum);
-- determined by the audio: mouth opening and width through `audio_mouth_features` (below); closed in silence.
+- determined by the audio: mouth opening and width through `portrait_rt.mouth.audio_mouth_features`; closed in
+  silence.
 
 Alignment: video frame i <-> audio samples [640 i, 640 (i + 1)) at 16 kHz and 25 fps, so `len(audio) == 640 T`.
 
-The mouth interior is drawn in one reserved colour, `MOUTH_INTERIOR_RGB`, that no other part of a portrait comes
-near (every palette colour and every blend of two palette colours keeps `key_distance >= 100`), which is what lets
-`portrait_rt.eval.mouth_opening` measure the opening from pixels alone.
+The mouth interior is drawn in one reserved colour, `portrait_rt.mouth.MOUTH_INTERIOR_RGB`, that no other part of a
+portrait comes near (every palette colour and every blend of two palette colours keeps `key_distance >= 100`), which
+is what lets `portrait_rt.eval.mouth_opening` measure the opening from pixels alone.
 
 Held-out data: split="eval" uses identity seeds from `EVAL_IDENTITY_OFFSET` up and the espeak languages/voices in
 `speech.EVAL_LANGUAGES` / `speech.EVAL_VARIANTS`; split="train" never does.
 
 Speed: a clip's background is drawn once; frames are ~30 PIL polygon fills at <= 512-1024 px plus one box
-reduction; `SyntheticTalkingDataset` caches rendered clips (memory LRU and optional on-disk `.npz` cache).
+reduction. Training reads clips rendered once to shards (`portrait_rt.data.shards`).
 """
 
 from __future__ import annotations
@@ -27,83 +28,23 @@ import argparse
 import colorsys
 import json
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter1d
-from torch.utils.data import Dataset
 
-from ..constants import FPS, MAX_REFERENCES, SAMPLE_RATE, SAMPLES_PER_FRAME
-from ..images import frames_to_tensor
+from ..constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from ..mouth import MOUTH_INTERIOR_RGB, audio_mouth_features, key_distance
 from .speech import SpeechSpec, sample_speech_spec, synthesize_speech
 
 EVAL_IDENTITY_OFFSET = 1_000_000_000  # identity seeds >= this are reserved for split="eval"
-MOUTH_INTERIOR_RGB = (140, 0, 50)  # reserved colour of the open mouth's interior (a deep crimson)
 MIN_RESOLUTION, MAX_RESOLUTION = 64, 512
 HAIR_STYLES = ("short", "long", "bob", "bald", "bun", "curly", "spiky")
 BACKGROUNDS = ("solid", "linear", "radial", "noise")
 OVERLAYS = ("none", "stripes", "checks", "dots", "shapes")
 LOOKS = ("cartoon", "photo")  # flat illustration (this module) or crude photographs (`photo_look`)
-
-
-def key_distance(rgb) -> np.ndarray:
-    """Distance of colour(s) `(..., 3)` from `MOUTH_INTERIOR_RGB`; green counts double (skin is never green-less)."""
-    d = np.asarray(rgb, np.float32) - np.asarray(MOUTH_INTERIOR_RGB, np.float32)
-    return np.sqrt(d[..., 0] ** 2 + (2 * d[..., 1]) ** 2 + d[..., 2] ** 2)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Audio -> mouth: the documented mapping (the eval lip-sync score calls it "the opening the audio implies").
-# ----------------------------------------------------------------------------------------------------------------
-_WINDOW = 1024  # 64 ms analysis window centred on each video frame's 40 ms of audio
-
-
-def audio_mouth_features(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
-    """Per-video-frame mouth (opening, spread), each (T,) in [0, 1], T = ceil(len(audio) / 640) at 16 kHz.
-
-    For frame i, a Hann window of 1024 samples centred on samples [640 i, 640 (i+1)):
-      level   = RMS in dB after a clip-level gain that puts the 90th percentile of frame RMS at -16 dBFS
-      loud    = clip((level + 46) / 30, 0, 1)                 # -46 dBFS and below: closed; -16 dBFS: open
-      voicing = E[150, 1000 Hz] / (E[150, 1000 Hz] + E[2.5, 8 kHz])   # vowels open wide, fricatives (s, f) less
-      opening = loud * (0.3 + 0.7 * voicing), smoothed by [1/4, 1/2, 1/4] over frames (symmetric: no delay)
-      spread  = clip((spectral centroid - 600 Hz) / 2400 Hz, 0, 1)  # "ee" wide, "oo" round; 0.5 in silence
-    """
-    from ..audio import load_audio
-
-    audio = load_audio((np.asarray(audio), sample_rate)) if sample_rate != SAMPLE_RATE else np.asarray(audio)
-    audio = audio.astype(np.float32).reshape(-1)
-    t = -(-audio.size // SAMPLES_PER_FRAME)
-    if t == 0:
-        return np.zeros(0, np.float32), np.zeros(0, np.float32)
-    pad_left = (_WINDOW - SAMPLES_PER_FRAME) // 2
-    padded = np.pad(audio, (pad_left, t * SAMPLES_PER_FRAME - audio.size + _WINDOW))
-    starts = np.arange(t) * SAMPLES_PER_FRAME
-    frames = padded[starts[:, None] + np.arange(_WINDOW)] * np.hanning(_WINDOW).astype(np.float32)  # (T, 1024)
-    rms = np.sqrt((frames**2).mean(1) / 0.375)  # 0.375 = mean(hann^2)
-    active = rms[rms > 1e-4]
-    gain = 10 ** (-16 / 20) / np.percentile(active, 90) if active.size else 1.0
-    level = 20 * np.log10(rms * gain + 1e-8)
-    loud = np.clip((level + 46) / 30, 0, 1)
-
-    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # (T, 513)
-    freqs = np.fft.rfftfreq(_WINDOW, 1 / SAMPLE_RATE)
-    low = power[:, (freqs >= 150) & (freqs < 1000)].sum(1)
-    high = power[:, (freqs >= 2500) & (freqs < 8000)].sum(1)
-    voicing = low / (low + high + 1e-12)
-    opening = loud * (0.3 + 0.7 * voicing)
-    opening = np.convolve(np.pad(opening, 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid")
-    centroid = (power * freqs).sum(1) / (power.sum(1) + 1e-12)
-    spread = np.where(loud > 0, np.clip((centroid - 600) / 2400, 0, 1), 0.5)
-    return opening.astype(np.float32), spread.astype(np.float32)
-
-
-def audio_to_mouth_opening(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """The mouth opening (T,) in [0, 1] the audio implies: the renderer's mapping (see `audio_mouth_features`)."""
-    return audio_mouth_features(audio, sample_rate)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -819,128 +760,6 @@ def write_corpus(
 def _write_one(job) -> dict[str, Path]:
     s, resolution, duration, split, out_dir, name, look = job
     return write_clip(render_clip(s, resolution, duration, split, look=look), out_dir, name)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Training windows
-# ----------------------------------------------------------------------------------------------------------------
-class SyntheticTalkingDataset(Dataset):
-    """`torch.utils.data.Dataset` of training windows cut from synthetic clips, rendered on demand and cached.
-
-    Item `i` comes from clip `i % num_clips` (clip seeds derived from `seed`); its window and references are drawn
-    from `(seed, i)`, so items are deterministic. Keys:
-      video (3, T, H, W) float32 in [-1, 1]; audio (T * 640,) float32 at 16 kHz, aligned to the video;
-      references (M, 3, H, W) float32 in [-1, 1]: M frames of the same clip, anywhere in it;
-      start_frame (int): the window's first frame in the clip; 0 means the window starts the stream;
-      mouth_open (T,) ground truth; clip_seed (int).
-    With `num_references=(1, 3)` M varies per item: batch with `collate_fn` (pads to the batch's largest M and
-    adds `reference_mask` (B, M_max) bool). A fixed `num_references=k` works with the default collate.
-
-    Caching: rendered clips live in a memory LRU of `cache_size` clips and, with `cache_dir`, as `.npz` files that
-    survive restarts and are shared by DataLoader workers, so each clip is rendered once.
-    """
-
-    def __init__(
-        self,
-        num_clips: int,
-        resolution: int = 128,
-        num_frames: int = 17,
-        split: str = "train",
-        seed: int = 0,
-        num_references: int | tuple[int, int] = (1, MAX_REFERENCES),
-        start_probability: float = 0.25,
-        windows_per_clip: int = 8,
-        clip_duration: float | None = None,
-        cache_dir: str | Path | None = None,
-        cache_size: int = 64,
-    ):
-        _check_args(resolution, split, clip_duration)
-        lo, hi = (num_references, num_references) if isinstance(num_references, int) else num_references
-        if not 1 <= lo <= hi <= MAX_REFERENCES:
-            raise ValueError(f"num_references must be in 1..{MAX_REFERENCES} (an int or a (min, max) pair)")
-        if num_clips < 1 or num_frames < 1 or windows_per_clip < 1:
-            raise ValueError("num_clips, num_frames and windows_per_clip must be >= 1")
-        if clip_duration is not None and round(clip_duration * FPS) < num_frames:
-            raise ValueError(f"clip_duration {clip_duration}s is shorter than num_frames={num_frames} frames")
-        self.num_clips, self.resolution, self.num_frames, self.split = num_clips, resolution, num_frames, split
-        self.seed, self.ref_range, self.start_probability = seed, (lo, hi), start_probability
-        self.windows_per_clip, self.clip_duration = windows_per_clip, clip_duration
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.cache_size, self._cache = cache_size, OrderedDict()
-        self.clip_seeds = [
-            int(np.random.SeedSequence([seed, k]).generate_state(1)[0]) % EVAL_IDENTITY_OFFSET
-            for k in range(num_clips)
-        ]
-
-    def __len__(self) -> int:
-        return self.num_clips * self.windows_per_clip
-
-    def clip(self, k: int) -> Clip:
-        """Clip `k` (0..num_clips-1), from the memory cache, the disk cache, or rendered now."""
-        seed = self.clip_seeds[k]
-        if seed in self._cache:
-            self._cache.move_to_end(seed)
-            return self._cache[seed]
-        path = None
-        if self.cache_dir is not None:
-            dur = "auto" if self.clip_duration is None else f"{self.clip_duration:g}"
-            path = self.cache_dir / f"{self.split}_{seed}_{self.resolution}_{dur}.npz"
-        if path is not None and path.is_file():
-            z = np.load(path)
-            clip = Clip(z["frames"], z["audio"], SAMPLE_RATE, {"seed": seed, "mouth_open": z["mouth_open"]})
-        else:
-            clip = render_clip(seed, self.resolution, self.clip_duration, self.split)
-            if clip.num_frames < self.num_frames:  # pad short speech clips with their last frame / silence
-                extra = self.num_frames - clip.num_frames
-                clip.frames = np.concatenate([clip.frames, np.repeat(clip.frames[-1:], extra, 0)])
-                clip.audio = np.pad(clip.audio, (0, extra * SAMPLES_PER_FRAME))
-                clip.meta["mouth_open"] = np.pad(clip.meta["mouth_open"], (0, extra))
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".partial.npz")
-                np.savez(tmp, frames=clip.frames, audio=clip.audio, mouth_open=clip.meta["mouth_open"])
-                tmp.replace(path)
-        self._cache[seed] = clip
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return clip
-
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} windows")
-        k = index % self.num_clips
-        clip = self.clip(k)
-        rng = np.random.default_rng([self.seed, index, 7])
-        last = clip.num_frames - self.num_frames
-        start = 0 if (last == 0 or rng.random() < self.start_probability) else int(rng.integers(1, last + 1))
-        m = int(rng.integers(self.ref_range[0], self.ref_range[1] + 1))
-        refs = np.sort(rng.choice(clip.num_frames, size=m, replace=clip.num_frames < m))
-
-        video = frames_to_tensor(clip.frames[start : start + self.num_frames]).permute(1, 0, 2, 3)  # (3, T, H, W)
-        audio = clip.audio[start * SAMPLES_PER_FRAME : (start + self.num_frames) * SAMPLES_PER_FRAME]
-        return {
-            "video": video.contiguous(),
-            "audio": torch.from_numpy(audio.copy()),
-            "references": frames_to_tensor(clip.frames[refs]),  # (M, 3, H, W)
-            "start_frame": start,
-            "mouth_open": torch.from_numpy(np.asarray(clip.meta["mouth_open"][start : start + self.num_frames])),
-            "clip_seed": self.clip_seeds[k],
-        }
-
-    @staticmethod
-    def collate_fn(items: list[dict]) -> dict:
-        """Stack items; references padded with zeros to the batch's largest M, plus `reference_mask` (B, M)."""
-        m = max(it["references"].shape[0] for it in items)
-        refs, mask = [], torch.zeros(len(items), m, dtype=torch.bool)
-        for b, it in enumerate(items):
-            r = it["references"]
-            mask[b, : r.shape[0]] = True
-            refs.append(torch.cat([r, r.new_zeros(m - r.shape[0], *r.shape[1:])]))
-        out = {k: torch.stack([it[k] for it in items]) for k in ("video", "audio", "mouth_open")}
-        out["references"], out["reference_mask"] = torch.stack(refs), mask  # (B, M, 3, H, W), (B, M)
-        out["start_frame"] = torch.tensor([it["start_frame"] for it in items])
-        out["clip_seed"] = torch.tensor([it["clip_seed"] for it in items])
-        return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

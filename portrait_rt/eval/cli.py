@@ -1,4 +1,5 @@
-"""`python -m portrait_rt eval`: lip-sync / drift / reconstruction report of a video, or the metrics' validation."""
+"""`python -m portrait_rt eval`: lip-sync / drift / reconstruction report of a video, or the metrics' validation;
+`python -m portrait_rt eval report`: a pipeline's model report (`portrait_rt.eval.model_report`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import numpy as np
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `python -m portrait_rt eval`."""
+    """Options of `python -m portrait_rt eval` (a video, or --validate), and its `report` command."""
+    from .model_report import add_cli_arguments as add_report_arguments
+
+    sub = parser.add_subparsers(dest="command", metavar="{report}")
+    report_help = "the model card's metric table: a pipeline measured on held-out synthetic clips (JSON)"
+    add_report_arguments(sub.add_parser("report", help=report_help, description=report_help))
     parser.add_argument("--video", help="talking video to evaluate (mp4 with its audio track)")
     parser.add_argument("--audio", help="speech to sync against (default: the video's own audio track)")
     parser.add_argument("--reference", help="reference image (or video: its first frame) for background drift")
@@ -35,6 +41,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cli_main(args: argparse.Namespace) -> int:
     """Run the chosen evaluation and print its headline numbers as JSON."""
+    if args.command == "report":
+        from .model_report import cli_main as report_main
+
+        return report_main(args)
     from ..video import read_video
     from .report import evaluate_video, validate_metrics, write_report
 

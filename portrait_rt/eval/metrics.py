@@ -3,9 +3,10 @@
 - `mouth_opening(frames)`: from pixels alone (no renderer state), so it also measures generated video; frame by
   frame (in chunks of `CHUNK_FRAMES`), so its memory does not grow with the clip and it can follow a stream.
 - `lipsync_score(frames, audio, sample_rate)`: in the spirit of SyncNet's confidence and offset, the correlation
-  between the measured mouth opening and the opening the audio implies (`audio_to_mouth_opening`, the corpus's
-  own audio-to-mouth mapping), searched over audio-video offsets of +-10 frames. `lipsync_from_opening` does the
-  same from openings measured block by block as a stream arrives (`mouth_opening` of each block, concatenated).
+  between the measured mouth opening and the opening the audio implies (`portrait_rt.mouth.audio_to_mouth_opening`,
+  the corpus's own audio-to-mouth mapping), searched over audio-video offsets of +-10 frames.
+  `lipsync_from_opening` does the same from openings measured block by block as a stream arrives (`mouth_opening`
+  of each block, concatenated).
 - `reconstruction_metrics` (PSNR, SSIM through torchmetrics) and `reconstruction_by_references`: VAE quality per
   number of reference images M, the paper's Table-style ablation.
 - `detail_ratio`: sharpness kept, the variance of the Laplacian of grey frames against the ground truth's.
@@ -23,11 +24,8 @@ from scipy.ndimage import uniform_filter
 
 from ..audio import load_audio
 from ..constants import FPS, SAMPLE_RATE
-from ..data.synthetic import audio_to_mouth_opening, key_distance
+from ..mouth import audio_to_mouth_opening, key_distance, key_membership
 
-# Soft membership of a pixel in the mouth interior: 1 within KEY_INNER of `MOUTH_INTERIOR_RGB`, 0 beyond KEY_OUTER.
-# The corpus keeps every other colour (and blend of two) >= 100 away; a colour shift of +-15 moves the key < 40.
-KEY_INNER, KEY_OUTER = 45.0, 90.0
 MAX_PSNR = 100.0  # dB reported for identical images (keeps JSON finite)
 CHUNK_FRAMES = 16  # frames converted to float at once by the per-frame metrics
 
@@ -58,7 +56,7 @@ def mouth_opening(frames: np.ndarray) -> np.ndarray:
     out = np.zeros(t, np.float32)
     for start in range(0, t, CHUNK_FRAMES):  # frame by frame in effect; chunks only bound the float copies
         f = frames[start : start + CHUNK_FRAMES].astype(np.float32)
-        m = np.clip((KEY_OUTER - key_distance(f)) / (KEY_OUTER - KEY_INNER), 0, 1)  # (t, H, W)
+        m = key_membership(key_distance(f))  # (t, H, W)
         score = uniform_filter(m, size=(1, max(3, round(0.12 * h)), max(3, round(0.12 * w))), mode="constant")
         for i in range(len(f)):
             y, x = np.unravel_index(int(np.argmax(score[i])), (h, w))
@@ -166,7 +164,7 @@ def reconstruction_by_references(
     """Reconstruction PSNR/SSIM per number of references M (the reference-guided VAE's ablation).
 
     `batches` yield dicts with "video" (B, 3, T, H, W) and "references" (B, >=M, 3, H, W) in [-1, 1] (e.g. a
-    DataLoader over `SyntheticTalkingDataset(..., num_references=3)`). `vae` is a `CausalVideoVAE` (posterior
+    list of batches of held-out windows). `vae` is a `CausalVideoVAE` (posterior
     mode, decoded with the first M references) or any callable `(video, references (B, M, ...)) -> video`.
     """
     ms = list(num_references)

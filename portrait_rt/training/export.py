@@ -8,7 +8,7 @@ such a folder that is published to the Hub, with its code.
 The folder is `PortraitRTPipeline.save_pretrained` output (configs and safetensors, loaded by
 `PortraitRTPipeline.from_pretrained`), README.md in the Hub's model-card format (data, training steps and time read
 from each run's `train_config.json` / `metrics.jsonl`, hardware, the metric table and contact sheet that
-`python -m portrait_rt.training.report` writes, the model's limits) and the metrics it shows. `--hub-folder` writes
+`python -m portrait_rt eval report` writes, the model's limits) and the metrics it shows. `--hub-folder` writes
 a copy that also carries this library's code (`write_hub_folder`), for `DiffusionPipeline.from_pretrained(folder,
 trust_remote_code=True)` where portrait_rt is not installed: the code lives only in published copies, written from
 the library when they are made, never in git.
@@ -330,7 +330,7 @@ def model_card(
 
 
 def metrics_table(metrics: dict) -> str:
-    """Markdown table of the report's headline numbers (`python -m portrait_rt.training.report`)."""
+    """Markdown table of the report's headline numbers (`python -m portrait_rt eval report`)."""
     rows = [("metric", "value", "target")]
     for key, label, target in (
         ("detail_ratio", "detail kept, generated / ground truth (Laplacian variance)", ">= 0.5"),
@@ -402,7 +402,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output", required=True, help="pipeline folder to write (without --vae/--dit: one exported earlier)"
     )
-    parser.add_argument("--metrics", default=None, help="metrics JSON from `python -m portrait_rt.training.report`")
+    parser.add_argument("--metrics", default=None, help="metrics JSON from `python -m portrait_rt eval report`")
     parser.add_argument("--notes", default="", help="extra text for the model card")
     parser.add_argument(
         "--hub-folder",

@@ -78,10 +78,9 @@ from torch import nn
 
 from portrait_rt.constants import MAX_REFERENCES, usable_video_frames, video_frames_for_latents
 from portrait_rt.data.shards import ClipStore
-from portrait_rt.data.synthetic import MOUTH_INTERIOR_RGB
-from portrait_rt.eval.metrics import KEY_INNER, KEY_OUTER
 from portrait_rt.images import frames_to_tensor
 from portrait_rt.models.vae import CausalVideoVAE
+from portrait_rt.mouth import KEY_CHANNEL_WEIGHTS, MOUTH_INTERIOR_RGB, key_membership
 from portrait_rt.presets import get_preset
 from portrait_rt.training.common import TrainConfig, Trainer, add_common_arguments, config_from_args
 from portrait_rt.training.lpips import LPIPS
@@ -111,11 +110,11 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def mouth_membership(video: torch.Tensor) -> torch.Tensor:
     """Soft membership (B, 1, T, H, W) in [0, 1] of each pixel of `video` (B, 3, T, H, W) in [-1, 1] in the mouth
-    interior (`MOUTH_INTERIOR_RGB`, keyed as `portrait_rt.eval.mouth_opening` keys it); differentiable."""
+    interior, keyed as the metrics key it (`portrait_rt.mouth`: `key_distance`, `key_membership`); differentiable."""
     key = torch.tensor(MOUTH_INTERIOR_RGB, dtype=torch.float32, device=video.device).view(1, 3, 1, 1, 1)
-    green_double = torch.tensor([1.0, 2.0, 1.0], device=key.device).view(1, 3, 1, 1, 1)
-    distance = ((((video.float() + 1) * 127.5 - key) * green_double).square().sum(1, keepdim=True) + 1e-6).sqrt()
-    return ((KEY_OUTER - distance) / (KEY_OUTER - KEY_INNER)).clamp(0, 1)
+    weights = torch.tensor(KEY_CHANNEL_WEIGHTS, device=key.device).view(1, 3, 1, 1, 1)
+    distance = ((((video.float() + 1) * 127.5 - key) * weights).square().sum(1, keepdim=True) + 1e-6).sqrt()
+    return key_membership(distance)
 
 
 @torch.no_grad()

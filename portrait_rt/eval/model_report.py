@@ -1,6 +1,9 @@
-"""The model card's metric table, measured on the corpus's held-out voices and identities (split "eval").
+"""`python -m portrait_rt eval report`: the model card's metric table, measured on the corpus's held-out voices and
+identities (split "eval").
 
-    python -m portrait_rt.training.report --model assets/portrait-rt-demo --output runs/metrics.json
+    python -m portrait_rt eval report --model assets/portrait-rt-demo --output runs/metrics.json
+
+(`python -m portrait_rt export --metrics runs/metrics.json` puts the table in the model card.)
 
 - per clip and averaged, generated at the app defaults (12 steps, guidance 2 / 2, the first frame as the one
   reference) against the ground-truth render: lip-sync r at the best offset (and which) and at offset 0, and the lag
@@ -209,8 +212,8 @@ def evaluate_model(
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m portrait_rt.training.report", description=__doc__.split("\n")[0])
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `python -m portrait_rt eval report`."""
     parser.add_argument("--model", default="assets/portrait-rt-demo")
     parser.add_argument("--output", required=True, help="metrics JSON to write (export --metrics reads it)")
     parser.add_argument("--clips", type=int, default=8, help="held-out clips")
@@ -219,19 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drift-minutes", type=float, default=0.0, help="long-stream length for the drift figure")
     parser.add_argument("--no-cfg", action="store_true", help="only the default guidance (faster)")
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """Measure the model, write the metrics JSON (with the command that made it) and print its headline numbers."""
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = PortraitRTPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     sheet = args.sheet or Path(args.model) / "contact_sheet.png"
     report = evaluate_model(pipe, args.clips, args.duration, args.drift_minutes, cfg=not args.no_cfg, sheet_path=sheet)
-    report["command"] = "python -m portrait_rt.training.report " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report["command"] = "python -m portrait_rt " + shlex.join(sys.argv[1:])
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k not in ("drift_psnr", "per_clip")}, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
