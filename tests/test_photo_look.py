@@ -165,3 +165,11 @@ def test_synth_and_prepare_cli_mix(tmp_path):
     assert store.truth(k, "head_pose").shape == (store.num_frames(k), 3)
     with pytest.raises(KeyError, match="mouth_interior_area"):
         store.truth(looks.index("cartoon"), "mouth_interior_area")
+    # two worker processes write the same shards
+    args[2] = str(tmp_path / "shards2")
+    assert main(args + ["--photo-fraction", "0.5", "--workers", "2"]) == 0
+    store2 = ClipStore(tmp_path / "shards2")
+    assert store2.names == store.names
+    for i in range(len(store)):
+        assert np.array_equal(store2.load(i)[0], store.load(i)[0])
+        assert np.array_equal(store2.truth(i, "mouth_open"), store.truth(i, "mouth_open"))

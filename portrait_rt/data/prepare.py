@@ -303,6 +303,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument(
         "--photo-fraction", type=float, default=0.0, help="share of clips in the photographic look (0-1; 0: cartoons)"
     )
+    synth.add_argument("--workers", type=int, default=1, help="render in this many processes")
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -311,8 +312,9 @@ def cli_main(args: argparse.Namespace) -> int:
         from portrait_rt.data.shards import write_synthetic_shards
 
         store = write_synthetic_shards(
-            args.output_dir, args.num_clips, args.resolution, args.split, args.seed, args.duration, args.photo_fraction
-        )
+            args.output_dir, args.num_clips, args.resolution, args.split, args.seed, args.duration,
+            photo_fraction=args.photo_fraction, workers=args.workers,
+        )  # fmt: skip
         print(f"{len(store)} synthetic clips in {store.root}")
         return 0
     box = None

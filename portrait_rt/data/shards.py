@@ -137,26 +137,46 @@ def write_synthetic_shards(
     seed: int = 0,
     duration: float | None = None,
     photo_fraction: float = 0.0,
+    workers: int = 1,
 ) -> ClipStore:
     """Render `num_clips` synthetic corpus clips (seeds `seed`, `seed + 1`, ...) into a shard folder, once.
 
     Clips already in the folder are kept, so an interrupted render resumes. `photo_fraction` of them (chosen per seed
-    by `photo_look.look_for`) in the photographic look; each clip's look is in the index.
+    by `photo_look.look_for`) in the photographic look; each clip's look is in the index. `workers` > 1 renders in
+    that many processes (the same clips: each depends on its seed alone).
     """
+    from portrait_rt.data.photo_look import look_for
+
+    look_for(seed, split, photo_fraction)  # a bad fraction fails before anything is written
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    store = ClipStore.create(root, resolution, source="synthetic", split=split)
+    have = set(store.names)
+    jobs = [(seed + k, resolution, duration, split, photo_fraction) for k in range(num_clips)]
+    jobs = [j for j in jobs if f"{split}_{j[0]:06d}" not in have]
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers)
+        rendered = pool.map(_render_for_shards, jobs)
+    else:
+        pool, rendered = None, map(_render_for_shards, jobs)
+    try:
+        for (s, *_), (frames, audio, truth, look) in zip(jobs, rendered):  # in seed order, as they finish
+            store.add(f"{split}_{s:06d}", frames, audio, truth, seed=s, split=split, look=look)
+            logger.info("rendered %s_%06d (%d frames, %s)", split, s, frames.shape[0], look)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return store
+
+
+def _render_for_shards(job) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], str]:
     from portrait_rt.data.photo_look import look_for
     from portrait_rt.data.synthetic import render_clip
 
-    look_for(seed, split, photo_fraction)  # a bad fraction fails before anything is written
-
-    store = ClipStore.create(root, resolution, source="synthetic", split=split)
-    have = set(store.names)
-    for k in range(num_clips):
-        name = f"{split}_{seed + k:06d}"
-        if name in have:
-            continue
-        look = look_for(seed + k, split, photo_fraction)
-        clip = render_clip(seed + k, resolution=resolution, duration=duration, split=split, look=look)
-        truth = {key: clip.meta[key] for key in (*TRUTH, "mouth_interior_area") if key in clip.meta}
-        store.add(name, clip.frames, clip.audio, truth, seed=seed + k, split=split, look=look)
-        logger.info("rendered %s (%d frames)", name, clip.frames.shape[0])
-    return store
+    s, resolution, duration, split, photo_fraction = job
+    look = look_for(s, split, photo_fraction)
+    clip = render_clip(s, resolution=resolution, duration=duration, split=split, look=look)
+    truth = {key: clip.meta[key] for key in (*TRUTH, "mouth_interior_area") if key in clip.meta}
+    return clip.frames, clip.audio, truth, look
