@@ -88,8 +88,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(source, resolution: int) -> np.ndarray:
-    """One reference image -> uint8 (resolution, resolution, 3), centre-cropped to a square."""
+def load_photo(source) -> Image.Image:
+    """One reference image (path, PIL image or array) -> an RGB PIL image at its own size, checked: not empty, not
+    absurdly large, at least `MIN_SIDE` pixels on each side."""
     image = _open(source)
     w, h = image.size
     if w == 0 or h == 0:
@@ -98,8 +99,15 @@ def load_image(source, resolution: int) -> np.ndarray:
         raise ValueError(f"Reference image is {w}x{h}; use one under {MAX_PIXELS // 1_000_000} megapixels.")
     if min(w, h) < MIN_SIDE:
         raise ValueError(f"Reference image is {w}x{h}; it must be at least {MIN_SIDE} pixels on each side.")
-    image = to_rgb(image)
-    image = ImageOps.fit(image, (resolution, resolution), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+    return to_rgb(image)
+
+
+def load_image(source, resolution: int) -> np.ndarray:
+    """One reference image -> uint8 (resolution, resolution, 3), centre-cropped to a square (no face search: see
+    `portrait_rt.faces` for the crop the model was trained on)."""
+    image = ImageOps.fit(
+        load_photo(source), (resolution, resolution), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5)
+    )
     return np.asarray(image, dtype=np.uint8)
 
 

@@ -40,9 +40,10 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from portrait_rt.audio import is_silent, read_mono
 from portrait_rt.constants import SAMPLE_RATE, SAMPLES_PER_FRAME, SPATIAL_COMPRESSION
+from portrait_rt.faces import PasteBack, align_references
 from portrait_rt.fast_path import CachedStepGraphs, FastPathSettings, compile_repeated_blocks
 from portrait_rt.hub import load_components, model_class, saveable_configs
-from portrait_rt.images import frames_to_tensor, load_reference_images, tensor_to_frames
+from portrait_rt.images import frames_to_tensor, tensor_to_frames
 from portrait_rt.presets import PRESET_CLASSES, get_preset
 from portrait_rt.streaming import (
     BlockAudio,
@@ -58,13 +59,15 @@ from portrait_rt.streaming import (
 
 @dataclass
 class PortraitRTPipelineOutput(BaseOutput):
-    """frames: uint8 (T, H, W, 3) at 25 fps; audio: the mono float32 audio (at `sample_rate`) that drove them;
-    timings: one `BlockTiming` per block."""
+    """frames: uint8 (T, H, W, 3) at 25 fps (the photo's size with `paste_back`, else the model's); audio: the mono
+    float32 audio (at `sample_rate`) that drove them; timings: one `BlockTiming` per block; crops: uint8
+    (T, res, res, 3), the model's own square frames."""
 
     frames: np.ndarray
     audio: np.ndarray
     sample_rate: int
     timings: list[BlockTiming]
+    crops: np.ndarray | None = None
 
 
 def cfg_combine(v: torch.Tensor, settings: StreamSettings) -> torch.Tensor:
@@ -85,6 +88,7 @@ class _PendingBlock:
     """A generated block whose decode may still run (on `decode_stream`); `records()` waits for it."""
 
     video: torch.Tensor  # (streams, 3, n, H, W)
+    streams: tuple[Stream, ...]
     decode_stream: torch.cuda.Stream | None
     latents: torch.Tensor  # kept alive until the decode, on another stream, has read them
     audio: list[BlockAudio]
@@ -101,15 +105,17 @@ class _PendingBlock:
         step = {**self.step_ms, "decode_ms": (end - self.decode_start) * 1e3}
         latency_ms = (end - self.start) * 1e3
         return [
-            BlockRecord(
-                frames=frames[i],
-                audio=a.samples,
-                first_frame=self.first_frame,
-                timing=BlockTiming(
-                    self.block, frames.shape[1], audio_ms=a.encode_ms, latency_ms=a.encode_ms + latency_ms, **step
-                ),
+            stream.present(
+                BlockRecord(
+                    frames=frames[i],
+                    audio=a.samples,
+                    first_frame=self.first_frame,
+                    timing=BlockTiming(
+                        self.block, frames.shape[1], audio_ms=a.encode_ms, latency_ms=a.encode_ms + latency_ms, **step
+                    ),
+                )
             )
-            for i, a in enumerate(self.audio)
+            for i, (stream, a) in enumerate(zip(self.streams, self.audio))
         ]
 
 
@@ -244,7 +250,8 @@ class PortraitRTPipeline(DiffusionPipeline):
         """Algorithm 2, step 1, for a group of streams that run batched: every block of `feed_group` is one forward
         of G per Euler step over all their CFG rows, and one VAE decode.
 
-        `reference_images`: per stream, 1-3 paths / PIL images / arrays (the same number for every stream).
+        `reference_images`: per stream, 1-3 paths / PIL images / arrays / `FaceAlignment`s (the same number for
+        every stream); photos are aligned on their faces and pasted back as `align_faces` / `paste_back` say.
         `generators`: one per stream (or None). Precomputes f_c = E1(I_r), z_r = E(I_r) and KV_r for all streams at
         once. The run settings (`settings` and/or `StreamSettings` fields by name, see `stream_settings`) hold for
         the group's life.
@@ -253,7 +260,11 @@ class PortraitRTPipeline(DiffusionPipeline):
         generators = generators or [None] * len(reference_images)
         if not reference_images or len(generators) != len(reference_images):
             raise ValueError("Give one list of reference images per stream (at least one), and one generator each.")
-        refs = [load_reference_images(images, self.resolution) for images in reference_images]  # (M, H, W, 3) each
+        aligned = [  # each reference on its own face (`portrait_rt.faces`), or as the settings say
+            align_references(images, self.resolution, bool(settings.align_faces), settings.align_faces == "require")
+            for images in reference_images
+        ]
+        refs = [np.stack([a.crop for a in alignments]) for alignments in aligned]  # (M, H, W, 3) each
         if len({r.shape[0] for r in refs}) > 1:
             raise ValueError("Streams batched in one group need the same number of reference images.")
         device, dtype = self._execution_device, self.transformer.dtype
@@ -278,7 +289,14 @@ class PortraitRTPipeline(DiffusionPipeline):
             cache, z_r.to(dtype).repeat_interleave(rows, dim=0), drop_reference=drop_reference
         )
         streams = tuple(
-            Stream(r, StreamAudio(self.audio_encoder.init_stream_state(1)), g) for r, g in zip(refs, generators)
+            Stream(
+                r,
+                StreamAudio(self.audio_encoder.init_stream_state(1)),
+                g,
+                alignments=tuple(a),
+                paste_back=PasteBack(a[0]) if settings.paste_back and a[0].face_found else None,
+            )
+            for r, g, a in zip(refs, generators, aligned)
         )
         return StreamGroup(settings, streams, cache, f_c, StreamPosition(settings), copy.deepcopy(self.scheduler))
 
@@ -333,7 +351,7 @@ class PortraitRTPipeline(DiffusionPipeline):
         for (record,) in self._run_blocks(group, final=True):
             keep = audio_frames - record.first_frame
             if keep > 0:
-                record.frames, record.audio = record.frames[:keep], record.audio[: keep * SAMPLES_PER_FRAME]
+                record.trim(keep)
                 yield record
         stream.finished = True
 
@@ -427,7 +445,7 @@ class PortraitRTPipeline(DiffusionPipeline):
         block, first = group.position.block_index, group.position.video_frames
         group.position.advance()
         step = {"denoise_ms": (t1 - start) * 1e3, "kv_ms": (t2 - t1) * 1e3}
-        return _PendingBlock(video, decode_stream, latents, audio, block, first, start, t2, step)
+        return _PendingBlock(video, group.streams, decode_stream, latents, audio, block, first, start, t2, step)
 
     # ------------------------------------------------------------------ offline
     @torch.no_grad()
@@ -445,9 +463,10 @@ class PortraitRTPipeline(DiffusionPipeline):
 
         The run settings by name (`guidance_audio=2.0`, `guidance_reference=2.0`, `num_inference_steps=12`,
         `block_size`, `kv_window`: the fields of `StreamSettings`) or as `settings=StreamSettings(...)`.
-        Returns `PortraitRTPipelineOutput(frames uint8 (T, H, W, 3) at 25 fps, audio, sample_rate, timings)` with
-        T = ceil(audio length / 40 ms); `audio` is the clip at the model rate, as the stream resampled it. For long
-        clips, `generate_blocks` hands over one block at a time instead of holding every frame.
+        Returns `PortraitRTPipelineOutput(frames uint8 (T, H, W, 3) at 25 fps, audio, sample_rate, timings, crops)`
+        with T = ceil(audio length / 40 ms); `audio` is the clip at the model rate, as the stream resampled it; a
+        photo's frames are the photo with the face pasted back (`paste_back`), `crops` the model's square frames. For
+        long clips, `generate_blocks` hands over one block at a time instead of holding every frame.
         """
         records = list(
             self.generate_blocks(reference_images, audio, generator=generator, settings=settings, **options)
@@ -457,7 +476,10 @@ class PortraitRTPipeline(DiffusionPipeline):
         if not return_dict:
             return (frames, audio)
         timings = [r.timing for r in records]
-        return PortraitRTPipelineOutput(frames=frames, audio=audio, sample_rate=SAMPLE_RATE, timings=timings)
+        crops = np.concatenate([r.crop for r in records])
+        return PortraitRTPipelineOutput(
+            frames=frames, audio=audio, sample_rate=SAMPLE_RATE, timings=timings, crops=crops
+        )
 
     def generate_blocks(
         self,

@@ -34,6 +34,7 @@ from portrait_rt.constants import SAMPLES_PER_FRAME, check_block_size, video_fra
 if TYPE_CHECKING:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
+    from portrait_rt.faces import FaceAlignment, PasteBack
     from portrait_rt.models.transformer import KVCache
 
 
@@ -51,11 +52,12 @@ class BlockTiming:
     denoise_ms: float = 0.0  # num_inference_steps forwards of G (all CFG rows batched)
     kv_ms: float = 0.0  # the t=0 pass that writes the block's KV
     decode_ms: float = 0.0  # causal VAE decoder
+    paste_ms: float = 0.0  # pasting the stream's frames back into its photo (`portrait_rt.faces.PasteBack`)
     latency_ms: float = 0.0  # from the block's last audio sample arriving to its frames being ready
 
     @property
     def total_ms(self) -> float:
-        return self.audio_ms + self.denoise_ms + self.kv_ms + self.decode_ms
+        return self.audio_ms + self.denoise_ms + self.kv_ms + self.decode_ms + self.paste_ms
 
 
 @dataclass
@@ -64,12 +66,21 @@ class BlockRecord:
 
     Video frame i of a stream is driven by model-rate samples [640 i, 640 (i + 1)), so `audio` holds exactly
     `len(frames) * SAMPLES_PER_FRAME` samples (the stream's last block: the audio's end padded with silence).
+    `frames` are what the stream shows: its photo with the face pasted back, or the model's square crop; `crop` is
+    always the crop (the same array when nothing is pasted back), framed as the training corpus when the stream's
+    first reference was (`Stream.in_training_framing`).
     """
 
     frames: np.ndarray  # uint8 (n, H, W, 3) at 25 fps
     audio: np.ndarray  # float32 (n * SAMPLES_PER_FRAME,) at 16 kHz
     first_frame: int  # the stream's index of frames[0]: the block starts first_frame / FPS seconds in
     timing: BlockTiming
+    crop: np.ndarray | None = None  # uint8 (n, res, res, 3): the model's own frames
+
+    def trim(self, num_frames: int) -> None:
+        """Keep the first `num_frames` frames (and their crops and audio)."""
+        self.frames, self.audio = self.frames[:num_frames], self.audio[: num_frames * SAMPLES_PER_FRAME]
+        self.crop = None if self.crop is None else self.crop[:num_frames]
 
 
 MAX_GUIDANCE = 20.0
@@ -91,6 +102,12 @@ class StreamSettings:
     num_inference_steps: int = 12  # Euler steps per block (12 is the paper's)
     block_size: int | None = None  # latent frames per block (k); None: the transformer's config
     kv_window: int | None = None  # latent frames the KV cache holds before it resets; None: the transformer's config
+    # Photos (`portrait_rt.faces`): each reference cropped on its own face to the training framing (no face found: a
+    # NoFaceFoundWarning and the centre crop; "require": a NoFaceFoundError; False: the centre crop, no search), and a
+    # stream whose first reference's face was found shows that photo with the face pasted back (else the crop). A
+    # reference already square at the model's resolution is taken as framed.
+    align_faces: bool | str = True
+    paste_back: bool = True
 
     def __post_init__(self):
         for name in ("guidance_audio", "guidance_reference"):
@@ -116,6 +133,10 @@ class StreamSettings:
                 object.__setattr__(self, name, int(value))
         if self.block_size is not None and self.kv_window is not None:
             check_block_size(self.block_size, self.kv_window)
+        if self.align_faces not in (True, False, "require"):
+            raise ValueError(f"align_faces must be True, False or 'require', got {self.align_faces!r}.")
+        if not isinstance(self.paste_back, (bool, np.bool_)):
+            raise ValueError(f"paste_back must be True or False, got {self.paste_back!r}.")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -251,13 +272,34 @@ class StreamAudio:
 
 @dataclass(eq=False)
 class Stream:
-    """One stream's own state. Create with `PortraitRTPipeline.start_stream` (a group of one) or `start_streams`."""
+    """One stream's own state. Create with `PortraitRTPipeline.start_stream` (a group of one) or `start_streams`.
+
+    `alignments`: how each reference was framed (`portrait_rt.faces.FaceAlignment`: the photo, its crop, the face);
+    `paste_back`: puts each block's frames back into the first reference's photo (None: the frames are the crops).
+    """
 
     reference_frames: np.ndarray  # uint8 (M, H, W, 3), as loaded
     audio: StreamAudio
     generator: torch.Generator | None
     group: StreamGroup | None = field(default=None, repr=False)  # set by the group it runs in
     finished: bool = False  # flushed: its audio ended and its last block is out
+    alignments: tuple[FaceAlignment, ...] = ()
+    paste_back: PasteBack | None = field(default=None, repr=False)
+
+    @property
+    def in_training_framing(self) -> bool:
+        """Whether the first reference's crop is framed as the training corpus (its mouth in the mouth box)."""
+        return bool(self.alignments) and self.alignments[0].in_training_framing
+
+    def present(self, record: BlockRecord) -> BlockRecord:
+        """Fill a new record's `crop` with its frames and, with `paste_back`, its frames with the photo's."""
+        record.crop = record.frames
+        if self.paste_back is not None:
+            start = time.perf_counter()
+            record.frames = self.paste_back(record.frames)
+            record.timing.paste_ms = (time.perf_counter() - start) * 1e3
+            record.timing.latency_ms += record.timing.paste_ms
+        return record
 
 
 @dataclass(eq=False)

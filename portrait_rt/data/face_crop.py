@@ -58,30 +58,47 @@ class HaarFaceDetector:
             import cv2
         except ImportError as e:
             raise ImportError(
-                "--crop face needs OpenCV: pip install 'opencv-python-headless>=4.8,<5', or use --crop centre / --box."
+                "The face detector needs OpenCV: pip install 'opencv-python-headless>=4.8,<5' (or do without it: "
+                "`prepare --crop centre` / `--box`, or align_faces=False for reference photos)."
             ) from e
         folder = getattr(getattr(cv2, "data", None), "haarcascades", "")
         path = Path(folder) / self.CASCADE
         if not hasattr(cv2, "CascadeClassifier") or not path.is_file():
             raise ImportError(
                 f"OpenCV {cv2.__version__} ships no Haar cascade ({self.CASCADE}; the 5.x wheels dropped them): "
-                "pip install 'opencv-python-headless>=4.8,<5', or use --crop centre / --box."
+                "pip install 'opencv-python-headless>=4.8,<5' (or `prepare --crop centre` / `--box`; "
+                "align_faces=False)."
             )
         self._cv2, self._cascade = cv2, cv2.CascadeClassifier(str(path))
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
 
-    def __call__(self, gray: np.ndarray, min_size: int = 24) -> np.ndarray | None:
-        """The largest face of a uint8 grey image (H, W) as (centre x, centre y, size) in its pixels, or None."""
+    def __call__(self, gray: np.ndarray, min_size: int = 24, max_size: int | None = None) -> np.ndarray | None:
+        """The largest face of a uint8 grey image (H, W) as (centre x, centre y, size) in its pixels, or None; faces
+        from `min_size` to `max_size` (None: any) pixels are searched."""
         faces = self._cascade.detectMultiScale(
             self._cv2.equalizeHist(np.ascontiguousarray(gray)),
             scaleFactor=self.scale_factor,
             minNeighbors=self.min_neighbors,
             minSize=(max(24, min_size), max(24, min_size)),  # the cascade's own window is 24 px
+            maxSize=(max_size, max_size) if max_size else (0, 0),  # (0, 0): no limit
         )
         if len(faces) == 0:
             return None
         x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
         return np.array([x + w / 2, y + h / 2, (w + h) / 2], np.float64)
+
+    def windows(self, gray: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
+        """Every window the cascade accepts (before grouping neighbours), as rows (centre x, centre y, size) (K, 3),
+        for sizes `min_size` to `max_size` in steps of `scale_factor`."""
+        found = self._cascade.detectMultiScale(
+            self._cv2.equalizeHist(np.ascontiguousarray(gray)),
+            scaleFactor=self.scale_factor,
+            minNeighbors=0,
+            minSize=(max(24, min_size), max(24, min_size)),
+            maxSize=(max_size, max_size),
+        )
+        found = np.asarray(found, np.float64).reshape(-1, 4)
+        return np.stack([found[:, 0] + found[:, 2] / 2, found[:, 1] + found[:, 3] / 2, found[:, 2]], axis=1)
 
 
 def reject_jumps(faces: np.ndarray, window: int = 5, tolerance: float = 0.5) -> np.ndarray:
