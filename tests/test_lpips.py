@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from portrait_rt.data.shards import write_synthetic_shards
 from portrait_rt.training.common import TrainConfig
 from portrait_rt.training.lpips import LPIPS
-from portrait_rt.training.vae import VAETrainer, add_cli_arguments, build_trainer
+from portrait_rt.training.vae import VAELossWeights, VAETrainer, add_cli_arguments, build_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -79,7 +79,7 @@ def test_vae_trainer_with_lpips_logs_it_and_keeps_it_out_of_saves(weight_files, 
 
     def trainer(**kw):
         cfg = TrainConfig(output_dir=str(out), checkpointing_steps=100, log_every=1, learning_rate=1e-3, **kw)
-        return VAETrainer(cfg, shards.root, preset="tiny", stages=[(5, 1, 2)], lpips_weight=0.1,
+        return VAETrainer(cfg, shards.root, preset="tiny", stages=[(5, 1, 2)], weights=VAELossWeights(lpips=0.1),
                           lpips_backbone=str(weight_files[0]), lpips_heads=str(weight_files[1]))  # fmt: skip
 
     # One step, checkpoint and stop (max_minutes=0); a fresh trainer resumes from that checkpoint for step 2.

@@ -14,7 +14,14 @@ from portrait_rt.data.shards import ClipStore, write_synthetic_shards
 from portrait_rt.training.common import TrainConfig
 from portrait_rt.training.dit import DiTTrainer
 from portrait_rt.training.latents import cache_latents, encode_clip
-from portrait_rt.training.vae import VAETrainer, VAETrainingModule, mouth_region, parse_stages, reference_flow
+from portrait_rt.training.vae import (
+    VAELossWeights,
+    VAETrainer,
+    VAETrainingModule,
+    mouth_region,
+    parse_stages,
+    reference_flow,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "portrait-rt-demo"
@@ -40,6 +47,29 @@ def trained_vae(shards, tmp_path_factory):
     trainer = VAETrainer(_vae_config(out), shards.root, preset="tiny", stages=[(5, 2, 2), (9, 1, 1)])
     history = trainer.train()
     return out, history
+
+
+def test_the_demo_training_commands_parse():
+    """Every `python -m portrait_rt train|export|eval ...` line of scripts/train_demo.sh (the bundled model's exact
+    commands) parses with today's flags: the flags derived from `TrainConfig` and `VAELossWeights` kept their names."""
+    import os
+    import re
+    import shlex
+
+    from portrait_rt import cli
+
+    script = (REPO / "scripts" / "train_demo.sh").read_text().replace("\\\n", " ")
+    commands = re.findall(r"^\s*python -m portrait_rt (train|export|eval) (.*)$", script, flags=re.M)
+    assert len(commands) >= 20
+    env = {"WORK": "runs/demo", "THREADS": "1", "VAE_CONFIG": "{}"}
+    for name, rest in commands:
+        rest = rest.replace('"$(cat scripts/demo_model_notes.md)"', "notes").split("#")[0]
+        argv = [re.sub(r"\$\{?(\w+)\}?", lambda m: env[m.group(1)], a) for a in shlex.split(rest)]
+        parser = cli.ArgumentParser(prog=name)
+        __import__(cli.SUBCOMMANDS[name][0], fromlist=["_"]).add_cli_arguments(parser)
+        args = parser.parse_args(argv)
+        if name == "train" and args.step != "latents":
+            assert os.fspath(args.output_dir).startswith("runs/demo")
 
 
 def test_parse_stages():
@@ -85,15 +115,15 @@ def test_vae_mouth_losses_log_train_and_stay_out_of_the_vae(shards, tmp_path):
     from safetensors.torch import load_file
 
     config = _vae_config(tmp_path)
-    trainer = VAETrainer(config, shards.root, preset="tiny", stages=[(5, 2, 2)], mouth_weight=30, mouth_probe_weight=1,
-                         mouth_sync_weight=1)  # fmt: skip
+    weights = VAELossWeights(mouth=30, mouth_probe=1, mouth_sync=1)
+    trainer = VAETrainer(config, shards.root, preset="tiny", stages=[(5, 2, 2)], weights=weights)
     history = trainer.train()
     assert all(np.isfinite(r["loss"]) and r["loss"] > r["l1"] and r["mouth_l1"] > 0 for r in history)
     assert all(r["mouth_probe"] > 0 and r["mouth_sync"] > 0 for r in history)
     saved = load_file(tmp_path / "vae" / "diffusion_pytorch_model.safetensors")
     assert not any("mouth_probe" in k for k in saved)  # the probe is a training aid, discarded with the module
-    with pytest.raises(ValueError, match="mouth-sync-weight"):
-        VAETrainer(_vae_config(tmp_path / "x"), shards.root, preset="tiny", stages=[(5, 2, 2)], mouth_weight=-1)
+    with pytest.raises(ValueError, match="--mouth-sync-weight -0.5: loss weights must be >= 0"):
+        VAELossWeights(mouth_sync=-0.5)
 
 
 def test_freeze_encoder_trains_the_decoder_only(trained_vae, shards, tmp_path):
@@ -141,8 +171,9 @@ def test_grow_a_trained_vae_with_the_reference_warp(shards, tmp_path):
     VAETrainer(_vae_config(plain), shards.root, preset="tiny", stages=[(5, 2, 1)],
                config_overrides={"ref_warp_channels": 0}).train()  # fmt: skip
     config = _vae_config(tmp_path / "grown", ema_decay=0.0)
+    grow = {"config_overrides": {"ref_warp_channels": 8}, "weights": VAELossWeights(gradient=1.0)}
     history = VAETrainer(config, shards.root, init_from=str(plain / "vae"), stages=[(5, 2, 2)], freeze_encoder=True,
-                         config_overrides={"ref_warp_channels": 8}, gradient_weight=1.0).train()  # fmt: skip
+                         **grow).train()  # fmt: skip
     assert all(np.isfinite(h["gradient_l1"]) for h in history)
     before = load_file(plain / "vae" / "diffusion_pytorch_model.safetensors")
     after = load_file(tmp_path / "grown" / "vae" / "diffusion_pytorch_model.safetensors")
@@ -176,7 +207,7 @@ def test_flow_loss_supervises_the_warp_head_only(shards):
 
     torch.manual_seed(0)
     vae = CausalVideoVAE(**{**get_preset("tiny")["vae"], "resolution": 64, "ref_warp_channels": 8})
-    module = VAETrainingModule(vae, kl_weight=0.0, sample_posterior=False, flow_weight=1.0)
+    module = VAETrainingModule(vae, VAELossWeights(kl=0.0, flow=1.0), sample_posterior=False)
     video = torch.rand(1, 3, 5, 64, 64) * 2 - 1
     references = torch.rand(1, 2, 3, 64, 64) * 2 - 1
     flow = torch.full((1, 5, 2, 2, 64, 64), 1.5)
@@ -185,7 +216,7 @@ def test_flow_loss_supervises_the_warp_head_only(shards):
     valid[..., :32, :] = 0  # the top half has no teacher
 
     def gradients(flow_weight):
-        module.flow_weight = flow_weight
+        module.weights.flow = flow_weight
         module.zero_grad()
         loss, logs = module(video, references, torch.Generator().manual_seed(0), flow=flow, flow_valid=valid)
         loss.backward()
@@ -197,11 +228,12 @@ def test_flow_loss_supervises_the_warp_head_only(shards):
     changed = {n for n, g in with_flow.items() if not torch.allclose(g, without[n], atol=1e-7)}
     assert changed and all(n.startswith("vae.reference_warp.head.") for n in changed)
     with pytest.raises(ValueError, match="ref_warp_channels"):
-        VAETrainingModule(CausalVideoVAE(**{**get_preset("tiny")["vae"], "ref_warp_channels": 0}), 0.0, flow_weight=1)
+        no_warp = CausalVideoVAE(**{**get_preset("tiny")["vae"], "ref_warp_channels": 0})
+        VAETrainingModule(no_warp, VAELossWeights(flow=1))
 
 
 def test_adversarial_term_keeps_the_discriminator_and_the_decoder_apart(shards, tmp_path):
-    """`adversarial_weight`: the discriminator's gradient is that of its own hinge loss on the detached
+    """`weights.adversarial`: the discriminator's gradient is that of its own hinge loss on the detached
     reconstruction, the generator term changes the VAE's gradients and nothing in the discriminator, the
     discriminator learns to tell sharp frames from blurred ones, and it is not saved with the VAE."""
     from safetensors.torch import load_file
@@ -212,11 +244,11 @@ def test_adversarial_term_keeps_the_discriminator_and_the_decoder_apart(shards, 
 
     torch.manual_seed(0)
     vae = CausalVideoVAE(**{**get_preset("tiny")["vae"], "resolution": 64})
-    module = VAETrainingModule(vae, kl_weight=0.0, sample_posterior=False, adversarial_weight=0.5)
+    module = VAETrainingModule(vae, VAELossWeights(kl=0.0, adversarial=0.5), sample_posterior=False)
     video, references = torch.rand(1, 3, 5, 64, 64) * 2 - 1, torch.rand(1, 1, 3, 64, 64) * 2 - 1
 
     def gradients(weight):
-        module.adversarial_weight = weight
+        module.weights.adversarial = weight
         module.zero_grad()
         loss, logs = module(video, references, torch.Generator().manual_seed(0))
         loss.backward()
@@ -248,11 +280,12 @@ def test_adversarial_term_keeps_the_discriminator_and_the_decoder_apart(shards, 
     real, fake = (-adversarial_losses(critic_only, v, sharp)[0] for v in (sharp, blurred))
     assert real > fake + 1.0
 
-    trainer = VAETrainer(_vae_config(tmp_path), shards.root, preset="tiny", stages=[(5, 1, 2)], adversarial_weight=0.1)
+    weights = VAELossWeights(adversarial=0.1)
+    trainer = VAETrainer(_vae_config(tmp_path), shards.root, preset="tiny", stages=[(5, 1, 2)], weights=weights)
     assert all(r["discriminator"] > 0 and np.isfinite(r["adversarial"]) for r in trainer.train())
     assert not any("discriminator" in k for k in load_file(tmp_path / "vae" / "diffusion_pytorch_model.safetensors"))
-    with pytest.raises(ValueError, match="adversarial-weight"):
-        VAETrainer(_vae_config(tmp_path / "x"), shards.root, preset="tiny", stages=[(5, 1, 2)], adversarial_weight=-1)
+    with pytest.raises(ValueError, match="--adversarial-weight -1"):
+        VAELossWeights(adversarial=-1)
 
 
 def test_mouth_area_counts_the_interior_per_frame():

@@ -16,14 +16,18 @@ What it gives a trainer (a `Trainer` subclass that builds a module and says how 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,31 +40,68 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 
+def option(default: Any = MISSING, help: str = "", **argparse_kwargs) -> Any:
+    """A dataclass field that is also a command-line flag (`add_dataclass_arguments`): its `help`, and any argparse
+    keyword to add (`choices`, a `type` that parses the text, `cli_default` where the flag's default differs)."""
+    return field(**({} if default is MISSING else {"default": default}), metadata={"help": help, **argparse_kwargs})
+
+
+def _none_or_text(text: str) -> str | None:
+    return None if text.lower() == "none" else text
+
+
 @dataclass
 class TrainConfig:
-    """Settings every trainer shares (the CLI fills them from flags of the same names)."""
+    """Settings every trainer shares; the command line's flags are these fields (`--max-steps` for `max_steps`)."""
 
-    output_dir: str
-    max_steps: int = 1000
-    batch_size: int = 4
-    learning_rate: float = 1e-4
-    min_lr_ratio: float = 0.1  # cosine decay from learning_rate to learning_rate * min_lr_ratio
-    lr_warmup_steps: int = 50
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    gradient_accumulation_steps: int = 1
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
-    gradient_checkpointing: bool = False
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int = 2
-    ema_decay: float = 0.999
-    seed: int = 0
-    log_every: int = 10
-    resume: str | None = "latest"  # "latest", a checkpoint folder, or None for a fresh run
-    max_minutes: float | None = None  # wall-clock budget for this invocation: checkpoint and stop when spent
-    stop_at_step: int | None = None  # checkpoint and stop at this step, keeping the schedule of `max_steps`
-    finalize: bool = False  # save the final (EMA) components from the newest checkpoint now, without training
-    extra: dict = field(default_factory=dict)
+    output_dir: str = option(help="run folder: checkpoints, metrics.jsonl, final weights")
+    max_steps: int = option(1000, "optimizer steps in all", cli_default=None)
+    batch_size: int = option(4, "per process, per micro-batch")
+    learning_rate: float = option(1e-4, "peak learning rate (AdamW)")
+    min_lr_ratio: float = option(0.1, "cosine decay floor, as a fraction of the learning rate")
+    lr_warmup_steps: int = option(50, "linear warm-up steps")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping norm; 0 disables clipping")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    mixed_precision: str = option("no", "autocast dtype", choices=["no", "fp16", "bf16"])
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
+    checkpointing_steps: int = option(500, "save a checkpoint every this many steps")
+    checkpoints_total_limit: int = option(2, "checkpoints kept (the newest)")
+    ema_decay: float = option(0.999, "decay of the EMA weights that are exported")
+    seed: int = option(0, "initial weights and every batch's draws")
+    log_every: int = option(10, "log the losses every this many steps")
+    resume: str | None = option("latest", "'latest', a checkpoint folder, or 'none' (a fresh run)", type=_none_or_text)
+    max_minutes: float | None = option(None, "wall-clock budget of this invocation: checkpoint and stop when spent")
+    stop_at_step: int | None = option(None, "checkpoint and stop at this step (the LR schedule still spans all)")
+    finalize: bool = option(False, "save the final EMA weights from the newest checkpoint, without training")
+    extra: dict = field(default_factory=dict)  # what a trainer records beside (e.g. the VAE's stages); not a flag
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, suffix: str = "") -> None:
+    """One flag per field of dataclass `cls` made with `option`: `--field-name` (then `suffix`, e.g. "-weight"), of
+    the field's type (`bool`: a switch), with its default and help; a field without a default is required."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        kwargs = {k: v for k, v in f.metadata.items() if k != "cli_default"}
+        kind = next(t for t in (typing.get_args(hints[f.name]) or (hints[f.name],)) if t is not type(None))
+        if kind is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.setdefault("type", kind)
+            if f.default is MISSING:
+                kwargs["required"] = True
+            else:
+                kwargs["default"] = f.metadata.get("cli_default", f.default)
+        parser.add_argument("--" + f.name.replace("_", "-") + suffix, **kwargs)
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, suffix: str = "", **values):
+    """`cls` from the flags `add_dataclass_arguments(parser, cls, suffix)` added; `values` override them."""
+    dest = suffix.replace("-", "_")
+    flags = {f.name: getattr(args, f.name + dest) for f in dataclasses.fields(cls) if "help" in f.metadata}
+    return cls(**{**flags, **values})
 
 
 class TrainingProgress:
@@ -290,62 +331,14 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
 
-def add_common_arguments(parser) -> None:
-    """The flags of `TrainConfig` (shared by `train vae` and `train dit`)."""
-    d = TrainConfig(output_dir="")
-    parser.add_argument("--output-dir", required=True, help="run folder: checkpoints, metrics.jsonl, final weights")
-    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps in all")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="per process, per micro-batch")
-    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    parser.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="cosine decay floor")
-    parser.add_argument("--lr-warmup-steps", type=int, default=d.lr_warmup_steps)
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="0 disables clipping")
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=d.gradient_accumulation_steps)
-    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=d.mixed_precision)
-    parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--checkpointing-steps", type=int, default=d.checkpointing_steps)
-    parser.add_argument("--checkpoints-total-limit", type=int, default=d.checkpoints_total_limit)
-    parser.add_argument("--ema-decay", type=float, default=d.ema_decay)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--log-every", type=int, default=d.log_every)
-    parser.add_argument("--resume", default=d.resume, help="'latest' (default), a checkpoint folder, or 'none'")
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
-    parser.add_argument(
-        "--stop-at-step",
-        type=int,
-        default=None,
-        help="checkpoint and stop at this step (the LR schedule still spans --max-steps / --stages)",
-    )
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `TrainConfig` (shared by `train vae` and `train dit`), and `--threads`."""
+    add_dataclass_arguments(parser, TrainConfig)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    parser.add_argument(
-        "--finalize", action="store_true", help="save the final EMA weights from the newest checkpoint, no training"
-    )
 
 
-def config_from_args(args, max_steps: int) -> TrainConfig:
-    """`TrainConfig` from parsed `add_common_arguments` flags."""
+def config_from_args(args: argparse.Namespace, max_steps: int) -> TrainConfig:
+    """`TrainConfig` from parsed `add_common_arguments` flags (and `--threads` applied)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    return TrainConfig(
-        output_dir=args.output_dir,
-        max_steps=max_steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        min_lr_ratio=args.min_lr_ratio,
-        lr_warmup_steps=args.lr_warmup_steps,
-        weight_decay=args.weight_decay,
-        max_grad_norm=args.max_grad_norm,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing,
-        checkpointing_steps=args.checkpointing_steps,
-        checkpoints_total_limit=args.checkpoints_total_limit,
-        ema_decay=args.ema_decay,
-        seed=args.seed,
-        log_every=args.log_every,
-        resume=None if str(args.resume).lower() == "none" else args.resume,
-        max_minutes=args.max_minutes,
-        stop_at_step=args.stop_at_step,
-        finalize=args.finalize,
-    )
+    return dataclass_from_args(TrainConfig, args, max_steps=max_steps)

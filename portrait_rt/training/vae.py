@@ -70,6 +70,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -82,7 +83,15 @@ from portrait_rt.images import frames_to_tensor
 from portrait_rt.models.vae import CausalVideoVAE
 from portrait_rt.mouth import KEY_CHANNEL_WEIGHTS, MOUTH_INTERIOR_RGB, key_membership
 from portrait_rt.presets import get_preset
-from portrait_rt.training.common import TrainConfig, Trainer, add_common_arguments, config_from_args
+from portrait_rt.training.common import (
+    TrainConfig,
+    Trainer,
+    add_common_arguments,
+    add_dataclass_arguments,
+    config_from_args,
+    dataclass_from_args,
+    option,
+)
 from portrait_rt.training.lpips import LPIPS
 
 logger = logging.getLogger(__name__)
@@ -198,38 +207,46 @@ def adversarial_losses(
     return generator, critic
 
 
+@dataclass
+class VAELossWeights:
+    """The weight of each term of the VAE's loss beside the L1 (flags `--kl-weight`, `--mouth-weight`, ...; the
+    module docstring says what each term does). Every weight is >= 0; 0 leaves the term out."""
+
+    kl: float = option(1e-4, "weight of the mean KL term")
+    mouth: float = option(0.0, "extra L1 weight on the mouth interior and its surround (synthetic corpus)")
+    mouth_probe: float = option(0.0, "weight of a linear latent -> mouth-area probe loss (synthetic corpus)")
+    mouth_sync: float = option(0.0, "weight of the L1 between per-frame mouth-interior areas of recon and target")
+    lpips: float = option(0.0, "weight of LPIPS (eq. (2)); needs --lpips-backbone and --lpips-heads")
+    gradient: float = option(0.0, "weight of the image-gradient L1 (a sharpness term)")
+    adversarial: float = option(0.0, "weight of a patch discriminator's hinge loss")
+    flow: float = option(0.0, "weight of the reference warp's flow L1 against OpenCV optical flow (needs opencv)")
+
+    def __post_init__(self):
+        if negative := [f"--{f.name.replace('_', '-')}-weight {getattr(self, f.name)}" for f in fields(self)
+                        if getattr(self, f.name) < 0]:  # fmt: skip
+            raise ValueError(f"{', '.join(negative)}: loss weights must be >= 0.")
+
+
 class VAETrainingModule(nn.Module):
     """The VAE and its loss in one module, so `accelerate` (DDP, autocast) wraps a single forward."""
 
     def __init__(
         self,
         vae: CausalVideoVAE,
-        kl_weight: float,
+        weights: VAELossWeights | None = None,
         sample_posterior: bool = True,
-        mouth_weight: float = 0.0,
         lpips: LPIPS | None = None,
-        lpips_weight: float = 0.0,
-        mouth_probe_weight: float = 0.0,
-        gradient_weight: float = 0.0,
-        flow_weight: float = 0.0,
-        mouth_sync_weight: float = 0.0,
-        adversarial_weight: float = 0.0,
     ):
         super().__init__()
-        self.vae, self.kl_weight, self.sample_posterior = vae, kl_weight, sample_posterior
-        self.adversarial_weight = adversarial_weight
-        self.discriminator = PatchDiscriminator() if adversarial_weight > 0 else None
-        if flow_weight > 0 and vae.reference_warp is None:
+        self.vae, self.sample_posterior = vae, sample_posterior
+        self.weights = weights = weights or VAELossWeights()
+        self.discriminator = PatchDiscriminator() if weights.adversarial > 0 else None
+        if weights.flow > 0 and vae.reference_warp is None:
             raise ValueError("--flow-weight trains the reference warp; this VAE has none (set ref_warp_channels).")
-        self.flow_weight = flow_weight
-        self.gradient_weight = gradient_weight
-        self.mouth_weight, self.mouth_probe_weight = mouth_weight, mouth_probe_weight
-        self.mouth_sync_weight = mouth_sync_weight
         # 4 outputs per latent frame: the areas of its 4 video frames (the first latent frame: frame 0, 4 times).
-        self.mouth_probe = nn.Conv3d(vae.config.latent_channels, 4, 1) if mouth_probe_weight > 0 else None
+        self.mouth_probe = nn.Conv3d(vae.config.latent_channels, 4, 1) if weights.mouth_probe > 0 else None
         # A plain tuple, not a submodule: the frozen LPIPS stays out of state_dict, checkpoints, EMA and the VAE.
         self._lpips = (lpips,) if lpips is not None else ()
-        self.lpips_weight = lpips_weight
 
     def forward(
         self,
@@ -240,13 +257,13 @@ class VAETrainingModule(nn.Module):
         flow_valid: torch.Tensor | None = None,
         context_latents: int = 0,
     ):
-        """video (B, 3, 1+4n, H, W), references (B, M, 3, H, W) in [-1, 1] -> (loss, logs). With `flow_weight`:
+        """video (B, 3, 1+4n, H, W), references (B, M, 3, H, W) in [-1, 1] -> (loss, logs). With `weights.flow`:
         the `reference_flow` targets `flow` (B, T, M, 2, H, W) and `flow_valid` (B, T, M, 1, H, W) of the T frames
         reconstructed (those after the context).
         `context_latents`: see `CausalVideoVAE.forward`; the loss is on the frames decoded after the context."""
         head_outputs = []  # the warp head's (flow / downscale, logit) at H/4, one tensor per decode
         hook = None
-        if self.flow_weight > 0:
+        if self.weights.flow > 0:
             hook = self.vae.reference_warp.head.register_forward_hook(lambda m, i, out: head_outputs.append(out))
         try:
             recon, posterior = self.vae(
@@ -259,22 +276,22 @@ class VAETrainingModule(nn.Module):
         error = (recon.float() - video).abs()
         l1 = error.mean()
         logs = {"l1": l1.detach()}
-        if self.mouth_weight > 0:
+        if self.weights.mouth > 0:
             mouth = mouth_region(video, recon)
             logs["mouth_l1"] = (error * mouth).detach().sum() / (3 * mouth.sum()).clamp_min(1.0)
-            l1 = l1 + self.mouth_weight * (error * mouth).mean()
-        if self.mouth_sync_weight > 0:
+            l1 = l1 + self.weights.mouth * (error * mouth).mean()
+        if self.weights.mouth_sync > 0:
             sync = (mouth_area(recon.float()) - mouth_area(video)).abs().mean()
             logs["mouth_sync"] = sync.detach()
-            l1 = l1 + self.mouth_sync_weight * sync
-        if self.gradient_weight > 0:
+            l1 = l1 + self.weights.mouth_sync * sync
+        if self.weights.gradient > 0:
             grad = image_gradient_l1(recon.float(), video)
             logs["gradient_l1"] = grad.detach()
-            l1 = l1 + self.gradient_weight * grad
+            l1 = l1 + self.weights.gradient * grad
         if self.discriminator is not None:
             generator_loss, critic_loss = adversarial_losses(self.discriminator, recon, video)
             logs["adversarial"], logs["discriminator"] = generator_loss.detach(), critic_loss.detach()
-            l1 = l1 + self.adversarial_weight * generator_loss + critic_loss
+            l1 = l1 + self.weights.adversarial * generator_loss + critic_loss
         if head_outputs:  # (B*T*M, 3, H/4, W/4), flattened as the head's inputs: batch, frame, reference
             d = self.vae.reference_warp.downscale
             predicted = head_outputs[-1][:, :2].float() * d  # the last decode: the frames after the context
@@ -282,24 +299,24 @@ class VAETrainingModule(nn.Module):
             weight = F.avg_pool2d(flow_valid.flatten(0, 2), d).eq(1).float()  # every pixel of the cell matches
             flow_l1 = ((predicted - target).abs() * weight).sum() / (2 * weight.sum()).clamp_min(1.0)
             logs["flow_l1"] = flow_l1.detach()
-            l1 = l1 + self.flow_weight * flow_l1
+            l1 = l1 + self.weights.flow * flow_l1
         if self.mouth_probe is not None:
             area = mouth_area(full_video)  # (B, 1 + 4n): the probe reads every latent frame
             area = torch.cat([area[:, :1].expand(-1, 3), area], dim=1).unflatten(1, (-1, 4))  # (B, n + 1, 4)
             predicted = self.mouth_probe(posterior.mean.float()).sum(dim=(3, 4)).transpose(1, 2)  # (B, n + 1, 4)
             probe = F.mse_loss(predicted, area)
             logs["mouth_probe"] = probe.detach()
-            l1 = l1 + self.mouth_probe_weight * probe
-        if self._lpips and self.lpips_weight > 0:
+            l1 = l1 + self.weights.mouth_probe * probe
+        if self._lpips and self.weights.lpips > 0:
             frames = [v.float().movedim(2, 1).flatten(0, 1) for v in (recon, video)]  # (B*T, 3, H, W) each
             lpips = self._lpips[0](*frames).mean()
-            l1 = l1 + self.lpips_weight * lpips
+            l1 = l1 + self.weights.lpips * lpips
             logs["lpips"] = lpips.detach()
         kl = kl_divergence(posterior.mean.float(), posterior.logvar.float())
         with torch.no_grad():
             mse = ((recon.float().clamp(-1, 1) - video) / 2).square().mean()
             logs["psnr"] = -10 * torch.log10(mse.clamp_min(1e-10))
-        return l1 + self.kl_weight * kl, {**logs, "kl": kl.detach()}
+        return l1 + self.weights.kl * kl, {**logs, "kl": kl.detach()}
 
 
 class VAETrainer(Trainer):
@@ -311,49 +328,33 @@ class VAETrainer(Trainer):
         data: str,
         preset: str = "demo",
         stages: list[tuple[int, int, int]] | None = None,
-        kl_weight: float = 1e-4,
+        weights: VAELossWeights | None = None,
         no_reference_prob: float = 0.1,
         use_crva: bool = True,
         init_from: str | None = None,
         config_overrides: dict | None = None,
         sample_posterior: bool = True,
-        mouth_weight: float = 0.0,
-        mouth_probe_weight: float = 0.0,
         freeze_encoder: bool = False,
-        lpips_weight: float = 0.0,
         lpips_backbone: str | None = None,
         lpips_heads: str | None = None,
-        gradient_weight: float = 0.0,
-        flow_weight: float = 0.0,
         context_frames: int = 0,
-        mouth_sync_weight: float = 0.0,
-        adversarial_weight: float = 0.0,
     ):
         if context_frames < 0 or context_frames % 4:
             raise ValueError(f"--context-frames must be a multiple of 4 (whole latent frames), got {context_frames}.")
         self.context_frames = context_frames
-        weights = dict(lpips=lpips_weight, gradient=gradient_weight, flow=flow_weight, adversarial=adversarial_weight)
-        if negative := [f"--{name}-weight {w}" for name, w in weights.items() if w < 0]:
-            raise ValueError(f"{', '.join(negative)}: loss weights must be >= 0.")
-        self.adversarial_weight = adversarial_weight
-        if lpips_weight > 0 and not (lpips_backbone and lpips_heads):
+        self.weights = weights = weights or VAELossWeights()
+        if weights.lpips > 0 and not (lpips_backbone and lpips_heads):
             raise ValueError(
                 "--lpips-weight > 0 needs local LPIPS weights (nothing is downloaded): pass --lpips-backbone "
                 "(torchvision's vgg16 ImageNet state dict, vgg16-397923af.pth) and --lpips-heads (the lpips "
                 "package's weights/v0.1/vgg.pth), or leave --lpips-weight at 0."
             )
-        self.lpips_weight, self.lpips_backbone, self.lpips_heads = lpips_weight, lpips_backbone, lpips_heads
-        self.gradient_weight, self.flow_weight = gradient_weight, flow_weight
-        if min(mouth_weight, mouth_probe_weight, mouth_sync_weight) < 0:
-            raise ValueError(f"--mouth-weight, --mouth-probe-weight, --mouth-sync-weight must be >= 0, got "
-                             f"{mouth_weight}, {mouth_probe_weight}, {mouth_sync_weight}.")  # fmt: skip
-        self.mouth_weight, self.mouth_probe_weight = mouth_weight, mouth_probe_weight
-        self.mouth_sync_weight = mouth_sync_weight
+        self.lpips_backbone, self.lpips_heads = lpips_backbone, lpips_heads
         self.freeze_encoder = freeze_encoder
         self.store = ClipStore(data)
         self.config_overrides = config_overrides or {}
         self.sample_posterior = sample_posterior
-        self.preset, self.kl_weight, self.no_reference_prob = preset, kl_weight, no_reference_prob
+        self.preset, self.no_reference_prob = preset, no_reference_prob
         self.use_crva, self.init_from = use_crva, init_from
         self.stages = stages or [(5, config.batch_size, config.max_steps)]
         config.max_steps = sum(s for _, _, s in self.stages)
@@ -385,21 +386,9 @@ class VAETrainer(Trainer):
             vae.encoder_1.requires_grad_(False)
             vae.encoder_2.requires_grad_(False)
         lpips = None
-        if self.lpips_weight > 0:  # frozen and outside the module, so `prepare` does not move it: place it here
+        if self.weights.lpips > 0:  # frozen and outside the module, so `prepare` does not move it: place it here
             lpips = LPIPS.from_files(self.lpips_backbone, self.lpips_heads).to(self.accelerator.device)
-        return VAETrainingModule(
-            vae,
-            self.kl_weight,
-            self.sample_posterior,
-            mouth_weight=self.mouth_weight,
-            mouth_probe_weight=self.mouth_probe_weight,
-            lpips=lpips,
-            lpips_weight=self.lpips_weight,
-            gradient_weight=self.gradient_weight,
-            flow_weight=self.flow_weight,
-            mouth_sync_weight=self.mouth_sync_weight,
-            adversarial_weight=self.adversarial_weight,
-        )
+        return VAETrainingModule(vae, self.weights, self.sample_posterior, lpips)
 
     def stage(self, step: int) -> tuple[int, int]:
         """(frames, batch) of the progressive stage that `step` falls in."""
@@ -423,7 +412,7 @@ class VAETrainer(Trainer):
             picks = sorted(torch.randint(frames.shape[0], (m,), generator=generator).tolist())
             videos.append(frames_to_tensor(frames[start : start + num_frames]).movedim(0, 1))  # (3, T, H, W)
             refs.append(frames_to_tensor(frames[picks]))  # (M, 3, H, W)
-            if self.flow_weight > 0 and m > 0:
+            if self.weights.flow > 0 and m > 0:
                 past = start + video_frames_for_latents(context)  # the teacher only for the frames trained on
                 flows.append(reference_flow(frames[past : start + num_frames], frames[picks]))
         device = self.accelerator.device
@@ -466,7 +455,6 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", default=None, help="start from a saved VAE folder instead of the preset")
     parser.add_argument("--stages", default=None, help="progressive clip length, FRAMESxBATCH:STEPS,... e.g. "
                         "5x8:1200,17x4:400 (default: 5 frames, --batch-size, --max-steps)")  # fmt: skip
-    parser.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the mean KL term")
     parser.add_argument("--no-reference-prob", type=float, default=0.1, help="share of steps with M = 0 references")
     parser.add_argument("--no-crva", action="store_true", help="Table 2 ablation: interpolation without CR-VA")
     parser.add_argument(
@@ -475,50 +463,15 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode the posterior mean instead of a sample (fast start on CPU budgets: at initialisation the "
         "posterior's unit variance drowns the latent; the KL term then only regularises the means)",
     )
-    parser.add_argument(
-        "--mouth-weight",
-        type=float,
-        default=0.0,
-        help="extra L1 weight on the mouth interior and its surround (synthetic corpus; see the module docstring)",
-    )
-    parser.add_argument(
-        "--lpips-weight", type=float, default=0.0, help="weight of LPIPS (eq. (2)); needs the two files below"
-    )
+    add_dataclass_arguments(parser, VAELossWeights, suffix="-weight")
     parser.add_argument(
         "--lpips-backbone", default=None, help="torchvision vgg16 ImageNet state dict (.pth), copied locally"
     )
     parser.add_argument("--lpips-heads", default=None, help="the lpips package's weights/v0.1/vgg.pth, copied locally")
     parser.add_argument(
-        "--mouth-probe-weight",
-        type=float,
-        default=0.0,
-        help="weight of a linear latent -> mouth-area probe loss (synthetic corpus; see the module docstring)",
-    )
-    parser.add_argument(
-        "--mouth-sync-weight",
-        type=float,
-        default=0.0,
-        help="weight of the L1 between per-frame mouth-interior areas of reconstruction and target (docstring)",
-    )
-    parser.add_argument(
         "--freeze-encoder",
         action="store_true",
         help="train the decoder only (D1, Dref, D2): latents cached for the DiT stay valid (module docstring)",
-    )
-    parser.add_argument(
-        "--gradient-weight", type=float, default=0.0, help="weight of the image-gradient L1 (a sharpness term)"
-    )
-    parser.add_argument(
-        "--adversarial-weight",
-        type=float,
-        default=0.0,
-        help="weight of a patch discriminator's hinge loss (docstring)",
-    )
-    parser.add_argument(
-        "--flow-weight",
-        type=float,
-        default=0.0,
-        help="weight of the reference warp's flow L1 against OpenCV optical flow (module docstring; needs opencv)",
     )
     parser.add_argument(
         "--context-frames",
@@ -539,21 +492,14 @@ def build_trainer(args: argparse.Namespace) -> VAETrainer:
         args.data,
         preset=args.preset,
         stages=stages,
-        kl_weight=args.kl_weight,
+        weights=dataclass_from_args(VAELossWeights, args, suffix="-weight"),
         no_reference_prob=args.no_reference_prob,
         use_crva=not args.no_crva,
         init_from=args.init_from,
         config_overrides=json.loads(args.config_json) if args.config_json else None,
         sample_posterior=not args.posterior_mean,
-        mouth_weight=args.mouth_weight,
-        mouth_probe_weight=args.mouth_probe_weight,
         freeze_encoder=args.freeze_encoder,
-        lpips_weight=args.lpips_weight,
         lpips_backbone=args.lpips_backbone,
         lpips_heads=args.lpips_heads,
-        gradient_weight=args.gradient_weight,
-        flow_weight=args.flow_weight,
         context_frames=args.context_frames,
-        mouth_sync_weight=args.mouth_sync_weight,
-        adversarial_weight=args.adversarial_weight,
     )
