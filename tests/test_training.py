@@ -435,10 +435,10 @@ def demo_run():
 
 
 def test_bundled_demo_model_follows_the_reference(demo_run):
-    """A broken or untrained checkpoint fails these floors. Measured on the shipped model (demo v7), this clip: VAE
-    PSNR 18.6 dB with one reference and 22.7 dB with three, 0.9 and 5.0 dB above M = 0 (+4.7 dB at M = 1 over 8
-    held-out clips); a fresh VAE starts at ~13 dB and cannot use references. Generated background 59.2 dB against the
-    reference over the clip (demo v6 56.5; demo v2, before the reference warp: 20.7 dB)."""
+    """The VAE uses its references (PSNR with one reference >= 17 dB and above none; three references >= 1 dB above
+    none) and the generated video keeps the reference's background (>= 17 dB in every 10 s window). Floors far below
+    the shipped model's figures (scripts/demo_model_notes.md has them per version), above what a broken model scores:
+    a fresh VAE reconstructs at ~13 dB whatever its references."""
     from portrait_rt.eval.metrics import background_drift
     from portrait_rt.eval.model_report import vae_psnr_by_references
 
@@ -451,11 +451,9 @@ def test_bundled_demo_model_follows_the_reference(demo_run):
 
 
 def test_bundled_demo_model_keeps_the_detail(demo_run):
-    """The bundled model looks like its reference, not a blur (issue 14). Shipped model, this clip: the VAE alone
-    keeps 0.91 of the ground truth's detail (Laplacian variance), the generated video 0.91, and the VAE's background
-    is 59.0 dB from the ground truth (demo v6, before the patch discriminator: 0.72, 0.74, 56.2 dB). The model
-    before the reference warp: 0.035, 0.036 and 21.8 dB.
-    Floors 0.5, 0.5 and 35 dB: a blurrier checkpoint (or one whose warp stopped copying the reference) fails them."""
+    """The model looks like its reference, not a blur (issue 14): the VAE alone and the generated video keep >= 0.5 of
+    the ground truth's detail (Laplacian variance) and the VAE's background is >= 35 dB from the ground truth. A model
+    whose reference warp stopped copying the reference keeps ~0.04 and ~22 dB; the shipped model ~0.9 and ~59 dB."""
     from portrait_rt.eval.metrics import background_mask, detail_ratio
     from portrait_rt.eval.model_report import masked_psnr, vae_reconstruct
 
@@ -470,10 +468,8 @@ def test_bundled_demo_model_keeps_the_detail(demo_run):
 
 def test_bundled_demo_vae_keeps_the_mouth_over_a_whole_clip(demo_run):
     """The VAE's reconstruction of the whole 100-frame clip (one causal pass, as the DiT's latents are cached and the
-    stream is decoded) follows the real mouth. A VAE trained on 5-frame clips only does so within its training length
-    and loses the mouth on long clips: the previous demo VAE scored r = 0.31 on this clip (0.29 over 4 held-out 6 s
-    clips, though its 5-frame windows scored 0.74-0.85); a VAE without a mouth ~0.07. Shipped model, this clip:
-    0.84 (demo v6 0.85, v5 0.83, v4 0.75, v3 0.79)."""
+    stream is decoded) follows the real mouth: r >= 0.6 between measured openings. A VAE trained on short clips only
+    loses the mouth on long ones (~0.3), one without a mouth scores ~0.07; the shipped model ~0.84."""
     from portrait_rt.eval.metrics import mouth_opening, pearson
     from portrait_rt.eval.model_report import vae_reconstruct
 
@@ -484,10 +480,9 @@ def test_bundled_demo_vae_keeps_the_mouth_over_a_whole_clip(demo_run):
 
 
 def test_bundled_demo_model_opens_the_mouth_for_speech_only(demo_run):
-    """The audio drives the mouth: 1 s of silence, the clip's speech, 1 s of silence. Measured on the shipped model,
-    this clip: opening 0.029 of the frame height in speech, 0.000 in silence (demo v4 0.034 / 0.004, the model before
-    the reference warp 0.041 / 0.005, the one before that a ratio of 0.50). A model that ignores the audio scores a
-    ratio near 1; one without a mouth opens 0."""
+    """The audio drives the mouth: 1 s of silence, the clip's speech, 1 s of silence; the mouth opens >= 0.01 of the
+    frame height in speech and at most 0.4 times that in silence. A model that ignores the audio scores a ratio near
+    1, one without a mouth opens 0; the shipped model opens ~0.03 in speech and ~0 in silence."""
     from portrait_rt.eval.metrics import mouth_opening
 
     pipe, clip, _ = demo_run
@@ -500,11 +495,9 @@ def test_bundled_demo_model_opens_the_mouth_for_speech_only(demo_run):
 
 
 def test_bundled_demo_model_lipsyncs(demo_run):
-    """Target (issue 14): r >= 0.85 on average over held-out clips at offset 0. Shipped model, this clip: r = 0.86 at
-    offset 0 (demo v6 0.85; demo v5, before the mouth-sync term: 0.81 at +1 and at 0; v4, before the stream-context
-    training: 0.62 at offset +1; the model before the reference warp 0.74 at offset 0). Floor 0.6 at |offset| <= 1: one
-    4-second clip varies about +-0.1; a model that ignores the audio scores ~0-0.3, and an older demo model 0.44 at
-    offset +10."""
+    """Lip-sync r >= 0.6 at an offset of at most one frame (the target, issue 14, is 0.85 on average over 8 held-out
+    clips: the model card's table). The floor sits below the target because one 4-second clip varies by about +-0.1;
+    a model that ignores the audio scores ~0-0.3, or finds its best offset far from 0."""
     from portrait_rt.eval.metrics import lipsync_score
 
     _, clip, out = demo_run
@@ -521,10 +514,10 @@ def test_shards_reject_wrong_frames(tmp_path):
 
 
 def test_bundled_demo_vae_keeps_the_face_deep_into_a_stream(demo_run):
-    """Deep into a stream (seconds 4-8 of an 8 s held-out clip, past the decoder's ~80-frame receptive field) the
-    face keeps its colours. Face-box PSNR there, this clip: demo v4, trained on 17- and 33-frame windows only, 12.7 dB
-    (the face turned to a wrong-coloured blur); the shipped model, trained with up to 80 frames of a stream's past
-    before each window (`train vae --context-frames 80`), 16.1 dB (demo v5 and v6 16.3). First second: 19.2-19.5 dB."""
+    """Deep into a stream (seconds 4-8 of an 8 s held-out clip, past the decoder's ~80-frame receptive field) the face
+    keeps its colours: face-box PSNR >= 15 dB. A decoder trained without a stream's past (`train vae --context-frames`)
+    turns the face into a wrong-coloured blur there (~12.7 dB); the shipped model ~16 dB, ~19 dB in the first
+    second."""
     from portrait_rt.data.synthetic import render_clip
     from portrait_rt.eval.model_report import masked_psnr, vae_reconstruct
 
@@ -538,11 +531,10 @@ def test_bundled_demo_vae_keeps_the_face_deep_into_a_stream(demo_run):
 
 
 def test_report_fills_the_model_cards_table(demo_run, tmp_path):
-    """`python -m portrait_rt eval report` on the bundled model (one held-out clip): every row of the card's
-    table, the contact sheet, the sharp ceiling (the same clip with another head motion scores below the ground
-    truth against itself, MAX_PSNR, and, since frame 0 is shared, above 10 dB), and the CFG sweep's mouth amplitude:
-    the bundled model opens the mouth about as far as the ground truth does (0.87 of it at lambda_a 1, over 8
-    held-out clips; a model that stops opening it fails the floor)."""
+    """`python -m portrait_rt eval report` on the bundled model (one held-out clip): every row of the card's table,
+    the contact sheet, the sharp ceiling (the same clip with another head motion: below the ground truth against
+    itself, MAX_PSNR, and, since frame 0 is shared, above 10 dB), and the CFG sweep's mouth amplitude within 0.6-1.4
+    of the ground truth's (the shipped model ~0.87; a model that stops opening the mouth fails the floor)."""
     from portrait_rt.eval.model_report import CFG_SETTINGS, evaluate_model
     from portrait_rt.training.export import metrics_table
 
