@@ -1,8 +1,23 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 torch.set_num_threads(2)
+
+
+def require_chromium(executable: str) -> None:
+    """Skip the calling browser-test module when Chromium is not at `executable`, but fail it in CI (`CI` set):
+    CI installs Chromium (`scripts/setup.sh --dev`), so there a missing browser is a broken setup, not a reason to
+    leave the browser tests out."""
+    if Path(executable).exists():
+        return
+    message = f"no Chromium at {executable} (apt-get install chromium, or bash scripts/setup.sh --dev)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI is set, so the browser tests must run", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
 
 
 def perturb_(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:

@@ -26,6 +26,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from tests.conftest import require_chromium
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +57,7 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 GENERATE_TIMEOUT_MS = 180_000
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+require_chromium(CHROMIUM)
 
 _VIDEO_STATE = """sel => { const v = document.querySelector(sel + ' video');
     if (!v) return null;

@@ -18,12 +18,12 @@ import json
 import pytest
 
 from tests import live_client as lc
+from tests.conftest import require_chromium
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = lc.ROOT / "test-artifacts"
 
-if not lc.Path(lc.CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {lc.CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+require_chromium(lc.CHROMIUM)
 
 
 @pytest.fixture(scope="module")

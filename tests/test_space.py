@@ -1,6 +1,7 @@
 """Fast tests of the Space's own code (`space/`): input checks, live segments, the live loop, readouts, panels."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -308,6 +309,18 @@ def test_the_browser_tests_collect_without_playwright():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode in (0, 5), out.stdout + out.stderr  # 5: every test deselected; 2 would be an import error
     assert "error" not in out.stdout.lower(), out.stdout
+
+
+def test_a_missing_chromium_fails_the_browser_tests_in_ci():
+    """Without Chromium the browser tests are skipped on a workstation, but in CI (`CI` set; setup.sh --dev installs
+    Chromium there) their collection fails, so CI cannot pass with them silently left out."""
+    env = {**os.environ, "PORTRAIT_RT_CHROMIUM": "/nonexistent/chromium"}
+    cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+    cmd.append("tests/test_live_browser.py")
+    local = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**env, "CI": ""})
+    assert local.returncode == 5 and "no Chromium at /nonexistent/chromium" in local.stdout, local.stdout
+    ci = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**env, "CI": "1"})
+    assert ci.returncode not in (0, 5) and "CI is set, so the browser tests must run" in ci.stdout, ci.stdout
 
 
 # ---------------------------------------------------------------------------------------------- example, compare
