@@ -1,8 +1,10 @@
 """Compare's download: both settings' videos side by side in one mp4, each labelled, over one shared audio track.
 
-Assembled with moviepy (`clips_array` for the layout, `AudioArrayClip` for the audio both videos were made from). The
-frames are upscaled by an integer factor with nearest-neighbour sampling, so a 128 px model's pixels stay crisp in any
-player, and each panel carries its label (guidance scales, lip-sync r) burnt in above the picture.
+Both settings' mp4s are read back frame by frame (imageio-ffmpeg's reader), laid out side by side, and written by the
+library's `VideoWriter` with the audio both videos were made from: a block of frames at a time, in memory that does not
+grow with the clip, and no file outside the writer's own temporary folder. The frames are upscaled by an integer factor
+with nearest-neighbour sampling, so a 128 px model's pixels stay crisp in any player, and each panel carries its label
+(guidance scales, lip-sync r) burnt in above the picture.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from portrait_rt.constants import FPS
+from portrait_rt.video import VideoWriter
 
 PANEL_PX = 384  # each panel's picture is upscaled to at least this size, by a whole factor
 LABEL_PX = 44  # the label band above each panel
@@ -56,36 +59,41 @@ def side_by_side(
     labels: list[list[str]],
     audio: np.ndarray,
     sample_rate: int,
+    chunk: int = FPS,
 ) -> Path:
     """Write the mp4s `videos` (same size) next to each other, labelled, over one audio track (`audio` at
-    `sample_rate`). Frames are read and written one at a time, so memory does not grow with the clip."""
-    from moviepy import VideoFileClip, clips_array
-    from moviepy.audio.AudioClip import AudioArrayClip
+    `sample_rate`), `chunk` frames at a time; as long as the shortest of them."""
+    import imageio_ffmpeg
 
-    sources = [VideoFileClip(str(v), audio=False) for v in videos]
-    length = min(c.duration for c in sources)
-    clips = [
-        c.with_duration(length).image_transform(lambda frame, lab=lab: labelled_frames(frame[None], lab)[0])
-        for c, lab in zip(sources, labels)
-    ]
-    grid = clips_array([clips], bg_color=(255, 255, 255))
-    samples = np.asarray(audio, np.float32).reshape(-1)[: round(length * sample_rate)]
-    track = AudioArrayClip(np.stack([samples, samples], axis=1), fps=sample_rate)  # (n, 2): stereo for players
-    grid = grid.with_audio(track.with_duration(min(track.duration, grid.duration)))
-    path = Path(path)
+    readers = [imageio_ffmpeg.read_frames(str(v), pix_fmt="rgb24") for v in videos]
     try:
-        grid.write_videofile(
-            str(path),
-            fps=FPS,
-            codec="libx264",
-            audio_codec="aac",
-            audio_fps=sample_rate,
-            preset="veryfast",
-            ffmpeg_params=["-pix_fmt", "yuv420p", "-movflags", "+faststart", "-crf", "20"],
-            logger=None,
-        )
+        sizes = {tuple(next(r)["size"]) for r in readers}  # each reader yields its metadata first
+        if len(sizes) != 1:
+            raise ValueError(f"The videos differ in size: {sorted(sizes)}.")
+        (width, height), samples = sizes.pop(), np.asarray(audio, np.float32).reshape(-1)
+        per_frame = sample_rate / FPS
+        with VideoWriter(path, sample_rate=sample_rate) as writer:
+            while True:
+                panels = [_next_frames(r, chunk, height, width) for r in readers]
+                n = min(len(p) for p in panels)
+                if n == 0:
+                    break
+                grid = np.concatenate([labelled_frames(p[:n], lab) for p, lab in zip(panels, labels)], axis=2)
+                start = writer.frames_written
+                writer.write(grid, samples[round(start * per_frame) : round((start + n) * per_frame)])
+                if n < chunk:
+                    break
+        return writer.path
     finally:
-        grid.close()
-        for c in sources:
-            c.close()
-    return path
+        for r in readers:
+            r.close()
+
+
+def _next_frames(reader, count: int, height: int, width: int) -> np.ndarray:
+    """Up to `count` more uint8 (t, H, W, 3) frames from an imageio-ffmpeg reader (fewer at the end)."""
+    frames = []
+    for raw in reader:
+        frames.append(np.frombuffer(raw, np.uint8).reshape(height, width, 3))
+        if len(frames) == count:
+            break
+    return np.stack(frames) if frames else np.zeros((0, height, width, 3), np.uint8)

@@ -363,20 +363,29 @@ def test_render_example_writes_a_cache_that_cached_example_reads(tiny_pipe, tmp_
     assert cached_example(model, tmp_path / "cache" / "example.json") == made
 
 
-def test_side_by_side_mp4_has_both_settings_and_one_audio_track(tmp_path):
-    from portrait_rt.video import ffmpeg_exe, write_video
-    from space.compare import side_by_side
+def test_side_by_side_mp4_has_both_settings_and_one_audio_track(tmp_path, monkeypatch):
+    """Both panels, labelled, over one audio track, written by the library's VideoWriter in blocks (3 here, the last
+    partial); nothing is written into the working folder (moviepy left its TEMP_MPY_* audio there)."""
+    from portrait_rt.video import ffmpeg_exe, read_video, write_video
+    from space.compare import GAP_PX, LABEL_PX, side_by_side
 
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(6400)).astype(np.float32)
-    videos = [
-        write_video(tmp_path / f"{k}.mp4", rng.integers(0, 255, (10, 64, 64, 3), dtype=np.uint8), audio, 16000)
-        for k in "ab"
-    ]
-    path = side_by_side(tmp_path / "ab.mp4", videos, [["A: λa 1, λr 1", "lip-sync r 0.50"], ["B", "r"]], audio, 16000)
+    flat = [np.full((10, 64, 64, 3), v, np.uint8) for v in (40, 200)]  # flat colours survive h.264 within a level
+    videos = [write_video(tmp_path / f"{k}.mp4", f, audio, 16000) for k, f in zip("ab", flat)]
+    labels = [["A: λa 1, λr 1", "lip-sync r 0.50"], ["B", "r"]]
+    path = side_by_side(tmp_path / "ab.mp4", videos, labels, audio, 16000, chunk=4)
     info = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
     assert "Video: h264" in info and "Audio: aac" in info and info.count("Stream #") == 2
     assert "784x428" in info  # two 64 px panels upscaled x6 (384 + 4 px on each side), under a 44 px label band
+    frames, sound, _ = read_video(path)
+    assert len(frames) == 10 and abs(len(sound) - 6400) <= 1024  # every frame; the audio as long as the video
+    left, right = frames[:, LABEL_PX + 8 :, GAP_PX + 8 : 392 - GAP_PX - 8], frames[:, LABEL_PX + 8 :, 400:-12]
+    assert abs(float(left.mean()) - 40) < 3 and abs(float(right.mean()) - 200) < 3  # A on the left, B on the right
+    assert list(work.iterdir()) == []
 
 
 def test_page_css_scales_video_by_whole_factors():
