@@ -4,7 +4,11 @@
 
 Widgets and event wiring only: the library loads (`portrait_rt.loading`) and generates (`portrait_rt.pipeline`); the
 Space's own helpers sit beside this file in `space/` (input checks, live mode, readouts, the lip-sync plot, About, the
-page's intro and CSS, Compare's side-by-side mp4, the one-click example cached from the shipped model).
+page's intro and CSS, Compare's side-by-side mp4, the one-click example cached from the shipped model). `main` loads
+the pipeline and hands it to `build_demo`, which wires the `Handlers` around it (nothing reads a module-level one).
+
+API and MCP: File mode is `/generate` and Compare `/compare`, also the tools of the MCP server at /gradio_api/mcp/
+(described by the handlers' docstrings and type hints); the page's other events are not public.
 
 Live mode, low latency: "Talk" loads `space/static/live.js` in the page, which streams the microphone to
 `space.realtime` over a WebSocket (mounted on this server at /live-rt) and plays the frames and audio sent back.
@@ -16,19 +20,29 @@ tab: starting a second one while the first is still running shows a warning and 
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+# Gradio's copies of uploads, outputs and examples go to a folder of this process's own (under $GRADIO_TEMP_DIR if
+# set), removed at exit: Gradio's own shutdown leaves its example copies and folders behind in the shared one. Set
+# before Gradio is imported (some of its modules read it then), hence the imports below it.
+# ruff: noqa: E402
+GRADIO_CACHE = tempfile.TemporaryDirectory(prefix="portrait-rt-gradio-", dir=os.environ.get("GRADIO_TEMP_DIR"))
+os.environ["GRADIO_TEMP_DIR"] = GRADIO_CACHE.name
 
 import gradio as gr
 import numpy as np
 import spaces
 from PIL import Image
 
+from portrait_rt.cli import ArgumentParser
 from portrait_rt.constants import SAMPLE_RATE
 from portrait_rt.eval.metrics import mouth_opening
 from portrait_rt.loading import ModelChoice, add_model_arguments, load_from_args
@@ -49,6 +63,9 @@ from space.live import LiveSession, LiveStream, run_live
 from space.panels import about_markdown, block_size_choices, lipsync_plot, lipsync_r, speed_readout
 from space.realtime import CLIENT_HTML, START_JS, STOP_JS, default_block_size, server_from_env
 
+if TYPE_CHECKING:
+    from portrait_rt.pipeline import PortraitRTPipeline
+
 HERE = Path(__file__).parent
 EXAMPLES = HERE / "assets" / "examples"
 LIVE_TIME_LIMIT_S = 120  # one live stream's maximum length
@@ -57,7 +74,6 @@ MAX_LIVE_STREAMS = int(os.environ.get("PORTRAIT_RT_LIVE_STREAMS", "2"))  # concu
 FIRST_AUDIO_S = 3.0  # a live stream whose first microphone chunk has not come by then is given up
 
 OUTPUTS = tempfile.TemporaryDirectory(prefix="portrait-rt-")  # this process's videos and plots, removed at exit
-PIPE = None  # the pipeline, loaded once in main(); per-user state lives in gr.State, never here
 
 
 def reference_image(index: int, kind: str) -> gr.Image:
@@ -94,154 +110,187 @@ class Generated:
     num_frames: int
 
 
-def _generate(refs, audio, guidance_audio, guidance_reference, steps, seed, block_size, name: str, session=None):
-    """One offline generation -> (mp4 path, `Generated`), in memory that does not grow with the clip: each block goes
-    to the mp4 writer and the lip-sync measure as it is made. `session`: the Gradio session whose folder it goes to."""
-    speech = load_speech(audio, limits.MAX_AUDIO_S)
-    with user_errors("Seed"):
-        generator = make_generator(seed)
-    with user_errors():
-        blocks = PIPE.generate_blocks(
-            reference_images=collect_references(*refs, resolution=PIPE.resolution),
-            audio=speech,
-            guidance_audio=float(guidance_audio),
-            guidance_reference=float(guidance_reference),
-            num_inference_steps=int(steps),
-            generator=generator,
-            block_size=int(block_size),
+class Handlers:
+    """The Space's GPU entry points around one loaded pipeline; `build_demo` wires them (as LivePortrait's app does:
+    the UI builder is handed the pipeline, nothing reads a module-level one). `generate` and `compare` are the API's
+    (and the MCP server's) tools, described by their docstrings and type hints."""
+
+    def __init__(self, pipe: PortraitRTPipeline) -> None:
+        self.pipe = pipe
+
+    def _generate(self, refs, audio, guidance_audio, guidance_reference, steps, seed, block_size, name, session=None):
+        """One offline generation -> (mp4 path, `Generated`), in memory that does not grow with the clip: each block
+        goes to the mp4 writer and the lip-sync measure as it is made. `session`: the Gradio session whose folder it
+        goes to."""
+        speech = load_speech(audio, limits.MAX_AUDIO_S)
+        with user_errors("Seed"):
+            generator = make_generator(seed)
+        with user_errors():
+            blocks = self.pipe.generate_blocks(
+                reference_images=collect_references(*refs, resolution=self.pipe.resolution),
+                audio=speech,
+                guidance_audio=float(guidance_audio),
+                guidance_reference=float(guidance_reference),
+                num_inference_steps=int(steps),
+                generator=generator,
+                block_size=None if block_size is None else int(block_size),
+            )
+            path = Path(tempfile.mkdtemp(dir=limits.session_folder(OUTPUTS.name, session))) / f"{name}.mp4"
+            audio_parts, mouth, timings = [], [], []
+            with VideoWriter(path) as writer:
+                for record in blocks:
+                    writer.write(record.frames, record.audio)
+                    audio_parts.append(record.audio)
+                    mouth.append(mouth_opening(record.frames))
+                    timings.append(record.timing)
+        mouth = np.concatenate(mouth)
+        return path, Generated(np.concatenate(audio_parts), mouth, timings, len(mouth))
+
+    def generate(
+        self,
+        reference_1: str,
+        speech_audio: str,
+        reference_2: str | None = None,
+        reference_3: str | None = None,
+        guidance_audio: float = 2.0,
+        guidance_reference: float = 2.0,
+        steps: int = 12,
+        seed: int = 0,
+        block_size: int | None = None,
+        request: gr.Request = None,
+        progress=gr.Progress(track_tqdm=True),
+    ) -> tuple[str, str | None, str]:
+        """Make a talking-portrait video: the portrait in reference_1 says the speech in speech_audio (an mp4 with the
+        speech as its audio track, 25 fps, at the model's resolution).
+
+        Args:
+            reference_1: The portrait to animate: an image file (PNG, JPEG, WebP, ...), a face seen from the front.
+            speech_audio: The speech for the portrait to say: an audio file (wav, mp3, flac, ogg, ...), at most 120 s.
+            reference_2: Optional second picture of the same person (another expression or angle); none by default.
+            reference_3: Optional third picture of the same person; none by default.
+            guidance_audio: Audio guidance scale, 1 to 4 (1 = off); higher makes the mouth follow the speech more.
+            guidance_reference: Reference guidance scale, 1 to 4 (1 = off); higher keeps the face and background.
+            steps: Denoising steps per block, 1 to 50 (12 in the paper); fewer is faster and rougher.
+            seed: Random seed, a whole number from 0 to 2147483647; the same seed and inputs give the same video.
+            block_size: Latent frames per block (1 = 4 video frames): smaller is lower latency, larger is faster.
+
+        Returns:
+            The mp4 video with the speech, the lip-sync plot (PNG; None for a very short clip), a speed readout.
+        """
+        refs = (reference_1, reference_2, reference_3)
+        session = request.session_hash if request is not None else None
+        path, out = self._generate(
+            refs, speech_audio, guidance_audio, guidance_reference, steps, seed, block_size, "portrait-rt", session
         )
-        path = Path(tempfile.mkdtemp(dir=limits.session_folder(OUTPUTS.name, session))) / f"{name}.mp4"
-        audio_parts, mouth, timings = [], [], []
-        with VideoWriter(path) as writer:
-            for record in blocks:
-                writer.write(record.frames, record.audio)
-                audio_parts.append(record.audio)
-                mouth.append(mouth_opening(record.frames))
-                timings.append(record.timing)
-    mouth = np.concatenate(mouth)
-    return path, Generated(np.concatenate(audio_parts), mouth, timings, len(mouth))
+        plot, sync = lipsync_plot(out.mouth, out.audio, path.parent)
+        return str(path), plot and str(plot), f"{speed_readout(out.timings, out.num_frames)}\n\n{sync}"
 
+    def compare(
+        self,
+        reference_1: str,
+        speech_audio: str,
+        reference_2: str | None = None,
+        reference_3: str | None = None,
+        guidance_audio_a: float = 2.0,
+        guidance_reference_a: float = 2.0,
+        guidance_audio_b: float = 3.0,
+        guidance_reference_b: float = 3.0,
+        steps: int = 12,
+        seed: int = 0,
+        block_size: int | None = None,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ) -> tuple[str, str, str, str]:
+        """Make the same talking-portrait video at two guidance settings, A and B (same references, speech, steps
+        and seed), to see what the guidance scales change.
 
-@spaces.GPU(duration=120)
-def generate(
-    reference_1,
-    reference_2,
-    reference_3,
-    speech_audio,
-    guidance_audio,
-    guidance_reference,
-    steps,
-    seed,
-    block_size,
-    request: gr.Request,
-    progress=gr.Progress(track_tqdm=True),
-):
-    """File mode: the whole clip -> an mp4 with the audio, the lip-sync plot and a speed readout."""
-    refs = (reference_1, reference_2, reference_3)
-    path, out = _generate(
-        refs,
-        speech_audio,
+        Args:
+            reference_1: The portrait to animate: an image file (PNG, JPEG, WebP, ...), a face seen from the front.
+            speech_audio: The speech for the portrait to say: an audio file (wav, mp3, flac, ogg, ...), at most 120 s.
+            reference_2: Optional second picture of the same person; none by default.
+            reference_3: Optional third picture of the same person; none by default.
+            guidance_audio_a: Setting A's audio guidance scale, 1 to 4 (1 = off).
+            guidance_reference_a: Setting A's reference guidance scale, 1 to 4 (1 = off).
+            guidance_audio_b: Setting B's audio guidance scale, 1 to 4 (1 = off).
+            guidance_reference_b: Setting B's reference guidance scale, 1 to 4 (1 = off).
+            steps: Denoising steps per block, 1 to 50 (12 in the paper).
+            seed: Random seed, a whole number from 0 to 2147483647.
+            block_size: Latent frames per block (1 = 4 video frames): smaller is lower latency, larger is faster.
+
+        Returns:
+            Setting A's mp4, setting B's mp4, both side by side (labelled, one audio track), their lip-sync r.
+        """
+        refs, results = (reference_1, reference_2, reference_3), []
+        session = request.session_hash if request is not None else None
+        settings = (("A", guidance_audio_a, guidance_reference_a), ("B", guidance_audio_b, guidance_reference_b))
+        for name, la, lr in settings:
+            progress(len(results) / 2.2, desc=f"Setting {name}")
+            path, out = self._generate(
+                refs, speech_audio, la, lr, steps, seed, block_size, f"setting-{name.lower()}", session
+            )
+            r = lipsync_r(out.mouth, out.audio)
+            sync = "lip-sync r " + ("not measured (too short)" if r is None else f"{r:.2f}")
+            results.append((path, out, f"{name}: λa {float(la):g}, λr {float(lr):g}", sync))
+        progress(2 / 2.2, desc="Side by side")
+        (path_a, out_a, *_), (path_b, _, *_) = results
+        both = side_by_side(
+            path_a.parent / "compare-a-b.mp4",
+            [path_a, path_b],
+            [[label, sync] for _, _, label, sync in results],
+            out_a.audio,
+            SAMPLE_RATE,
+        )
+        readout = " · ".join(f"**{label}**, {sync}" for _, _, label, sync in results)
+        return str(path_a), str(path_b), str(both), readout
+
+    def live(
+        self,
+        reference_1,
+        reference_2,
+        reference_3,
         guidance_audio,
         guidance_reference,
         steps,
         seed,
         block_size,
-        "portrait-rt",
-        session=request.session_hash,
-    )
-    plot, sync = lipsync_plot(out.mouth, out.audio, path.parent)
-    return str(path), plot and str(plot), f"{speed_readout(out.timings, out.num_frames)}\n\n{sync}"
-
-
-@spaces.GPU(duration=240)
-def compare(
-    reference_1,
-    reference_2,
-    reference_3,
-    speech_audio,
-    guidance_audio_a,
-    guidance_reference_a,
-    guidance_audio_b,
-    guidance_reference_b,
-    steps,
-    seed,
-    block_size,
-    request: gr.Request,
-    progress=gr.Progress(),
-):
-    """The same references, audio and seed at two guidance settings (audio, reference): each setting's mp4, both
-    side by side in one mp4 (labelled with their guidance and lip-sync r, one shared audio track), and a readout."""
-    refs, results = (reference_1, reference_2, reference_3), []
-    for name, la, lr in (("A", guidance_audio_a, guidance_reference_a), ("B", guidance_audio_b, guidance_reference_b)):
-        progress(len(results) / 2.2, desc=f"Setting {name}")
-        name_out = f"setting-{name.lower()}"
-        path, out = _generate(
-            refs, speech_audio, la, lr, steps, seed, block_size, name_out, session=request.session_hash
-        )
-        r = lipsync_r(out.mouth, out.audio)
-        sync = "lip-sync r " + ("not measured (too short)" if r is None else f"{r:.2f}")
-        results.append((path, out, f"{name}: λa {float(la):g}, λr {float(lr):g}", sync))
-    progress(2 / 2.2, desc="Side by side")
-    (path_a, out_a, *_), (path_b, _, *_) = results
-    both = side_by_side(
-        path_a.parent / "compare-a-b.mp4",
-        [path_a, path_b],
-        [[label, sync] for _, _, label, sync in results],
-        out_a.audio,
-        SAMPLE_RATE,
-    )
-    readout = " · ".join(f"**{label}**, {sync}" for _, _, label, sync in results)
-    return str(path_a), str(path_b), str(both), readout
-
-
-@spaces.GPU(duration=LIVE_TIME_LIMIT_S + 30)
-def live(
-    reference_1,
-    reference_2,
-    reference_3,
-    guidance_audio,
-    guidance_reference,
-    steps,
-    seed,
-    block_size,
-    session: LiveSession,
-):
-    """Live mode: microphone chunks from `session` -> streamed video segments (with their audio) + readout."""
-    if not session.begin():
-        gr.Warning("A live stream is already running in this tab; wait for it to finish, then record again.")
-        yield gr.skip(), gr.skip()
-        return
-    waited = time.monotonic()
-    while not session.chunks and time.monotonic() - waited < FIRST_AUDIO_S:  # a call without a microphone: no slot
-        time.sleep(0.05)
-    if not session.chunks:
-        session.end()
-        raise gr.Error("Microphone: no audio arrived; allow the browser to use the microphone, then record again.")
-    out_dir = tempfile.mkdtemp(prefix="portrait-rt-live-")
-    try:
+        session: LiveSession,
+    ):
+        """Live mode: microphone chunks from `session` -> streamed video segments (with their audio) + readout."""
+        if not session.begin():
+            gr.Warning("A live stream is already running in this tab; wait for it to finish, then record again.")
+            yield gr.skip(), gr.skip()
+            return
+        waited = time.monotonic()
+        while not session.chunks and time.monotonic() - waited < FIRST_AUDIO_S:  # a call without a microphone
+            time.sleep(0.05)
+        if not session.chunks:
+            session.end()
+            raise gr.Error("Microphone: no audio arrived; allow the browser to use the microphone, then record again.")
+        out_dir = tempfile.mkdtemp(prefix="live-", dir=OUTPUTS.name)  # under OUTPUTS: gone with the process
         try:
-            with user_errors():
-                stream = PIPE.start_stream(
-                    collect_references(reference_1, reference_2, reference_3, resolution=PIPE.resolution),
-                    guidance_audio=float(guidance_audio),
-                    guidance_reference=float(guidance_reference),
-                    num_inference_steps=int(steps),
-                    generator=make_generator(seed),
-                    block_size=int(block_size),
-                )
-        except gr.Error:
-            session.fail()  # this recording's audio must not leak into the next stream
-            raise
-        yield gr.skip(), "Listening… the first video segment comes after about a second of audio."
-        live_stream = LiveStream(PIPE, stream, out_dir)
-        for segment, readout in run_live(live_stream, session):
-            yield str(segment), readout
-        if live_stream.frames_written == 0:
-            gr.Warning("No audio came from the microphone; check the browser's microphone permission.")
-        yield gr.skip(), f"{live_stream.readout()} · stream finished."
-    finally:
-        session.end()
-        shutil.rmtree(out_dir, ignore_errors=True)  # Gradio has copied each segment once it was yielded
+            try:
+                with user_errors():
+                    stream = self.pipe.start_stream(
+                        collect_references(reference_1, reference_2, reference_3, resolution=self.pipe.resolution),
+                        guidance_audio=float(guidance_audio),
+                        guidance_reference=float(guidance_reference),
+                        num_inference_steps=int(steps),
+                        generator=make_generator(seed),
+                        block_size=int(block_size),
+                    )
+            except gr.Error:
+                session.fail()  # this recording's audio must not leak into the next stream
+                raise
+            yield gr.skip(), "Listening… the first video segment comes after about a second of audio."
+            live_stream = LiveStream(self.pipe, stream, out_dir)
+            for segment, readout in run_live(live_stream, session):
+                yield str(segment), readout
+            if live_stream.frames_written == 0:
+                gr.Warning("No audio came from the microphone; check the browser's microphone permission.")
+            yield gr.skip(), f"{live_stream.readout()} · stream finished."
+        finally:
+            session.end()
+            shutil.rmtree(out_dir, ignore_errors=True)  # Gradio has copied each segment once it was yielded
 
 
 def admit_offline_job(request: gr.Request, *inputs):
@@ -250,7 +299,7 @@ def admit_offline_job(request: gr.Request, *inputs):
     checks = field_checks(*inputs)
     refusal = limits.offline_job_refusal(request.app.get_blocks(), "offline", request.session_hash)
     if refusal:
-        checks[3] = gr.validate(False, refusal)  # inputs: 3 references, the speech audio, the settings
+        checks[1] = gr.validate(False, refusal)  # inputs: Reference 1, the speech audio, References 2-3, settings
     return checks
 
 
@@ -269,14 +318,19 @@ def live_stop(session: LiveSession) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- UI
-def build_demo(choice: ModelChoice) -> gr.Blocks:
-    """The Blocks UI around the loaded pipeline `PIPE` (launch it with `css=page_css(PIPE.resolution)`).
+def build_demo(pipe: PortraitRTPipeline, choice: ModelChoice) -> gr.Blocks:
+    """The Blocks UI around the loaded pipeline `pipe` (`choice`: which model it is, for the About panel and the
+    cached example); launch it with `css=page_css(pipe.resolution)`.
 
     First screen: what the Space does, a one-click example, the references and the Live/File tabs; the settings sit
     to the right on a desktop and below the tabs on a phone, so Record and Generate come first there.
     """
-    blocks = block_size_choices(PIPE)
-    default_block = int(PIPE.transformer.config.block_size)
+    handlers = Handlers(pipe)
+    generate = spaces.GPU(duration=120)(handlers.generate)
+    compare = spaces.GPU(duration=240)(handlers.compare)
+    live = spaces.GPU(duration=LIVE_TIME_LIMIT_S + 30)(handlers.live)
+    blocks = block_size_choices(pipe)
+    default_block = int(pipe.transformer.config.block_size)
     example = cached_example(choice.model)  # None: not the shipped model, so the example is generated on click
     # No telemetry; Gradio's copies of inputs and outputs older than an hour are deleted hourly (all at exit).
     with gr.Blocks(title="portrait-rt", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -323,7 +377,7 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                                 )
                                 rt_block = gr.Radio(
                                     blocks,
-                                    value=default_block_size(PIPE),
+                                    value=default_block_size(pipe),
                                     label="Block size for Talk (latent frames)",
                                     info="1 = 4 video frames (160 ms): the lowest latency, where the machine keeps up "
                                     "(GPU).",
@@ -423,7 +477,7 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
         setting_b = [check_setting(guidance_audio_b), check_setting(guidance_reference_b)]
 
         with gr.Accordion("About this model", open=choice.notice is not None):
-            gr.Markdown(about_markdown(choice, PIPE), elem_id="about")
+            gr.Markdown(about_markdown(choice, pipe), elem_id="about")
             gr.Image(
                 str(PREVIEW / "preview.webp"),
                 label="Samples from the bundled model (made by scripts/make_preview.py)",
@@ -459,21 +513,23 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
         rt_talk.click(None, refs + settings[:-1] + [rt_block, rt_voice], None, js=START_JS)
         rt_hangup.click(None, None, None, js=STOP_JS)
         # File mode's job, from its button or from the example when nothing is cached: one at a time, admitted first.
+        # Reference 1 and the speech first: the API's (and MCP tools') required inputs, then the optional ones.
         file_job = dict(
             fn=generate,
-            inputs=refs + [file_audio] + settings,
+            inputs=[ref1, file_audio, ref2, ref3] + settings,
             outputs=[file_video, file_plot, file_readout],
             concurrency_limit=1,
             concurrency_id="offline",
             validator=admit_offline_job,
         )
-        generate_btn.click(**file_job)
+        generate_btn.click(**file_job, api_name="generate")
         compare_btn.click(
             compare,
-            refs + [cmp_audio] + setting_a + setting_b + [steps, seed, block_size],
+            [ref1, cmp_audio, ref2, ref3] + setting_a + setting_b + [steps, seed, block_size],
             [video_a, video_b, cmp_video, cmp_readout],
             concurrency_id="offline",
             validator=admit_offline_job,
+            api_name="compare",
         )
         # The one-click example: its inputs into Reference 1 and the File tab, then its result: the cached one if the
         # loaded model is the one that made it, else generated now with the settings on the page.
@@ -482,6 +538,7 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
             None,
             [ref1, file_audio, tabs],
             queue=False,
+            api_visibility="private",  # the page's own helpers, not tools (they were /lambda and /lambda_1)
         )
         if example is not None:
             shown.then(
@@ -489,36 +546,57 @@ def build_demo(choice: ModelChoice) -> gr.Blocks:
                 None,
                 [file_video, file_plot, file_readout],
                 queue=False,
+                api_visibility="private",
             )
         else:
-            shown.then(**file_job)
+            shown.then(**file_job, api_visibility="private")  # the same job as /generate
         demo.unload(forget_session)
     return demo
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="app.py", description=__doc__.splitlines()[0])  # --help shows every default
     add_model_arguments(parser)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    port, host = os.environ.get("GRADIO_SERVER_PORT", "7860"), os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(port), help="port to serve on ($GRADIO_SERVER_PORT)")
+    parser.add_argument("--host", default=host, help="address to serve on, 0.0.0.0 for all ($GRADIO_SERVER_NAME)")
     args = parser.parse_args(argv)
-
-    global PIPE
-    PIPE, choice = load_from_args(args)
-    PIPE.set_progress_bar_config(disable=False)
-    demo = build_demo(choice)
+    # SIGTERM (a Space restarting, `kill`) ends the server as Ctrl-C does: Gradio's launch() closes it, its shutdown
+    # deletes Gradio's copies of inputs and outputs, and at exit OUTPUTS goes. Python's default would end the process
+    # at once, leaving both behind in the temporary folder.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        pipe, choice = load_from_args(args)
+    except (ValueError, OSError) as error:  # a missing model folder, a device this machine lacks: one line, exit 2
+        parser.error(" ".join(str(error).split()))
+    pipe.set_progress_bar_config(disable=False)
+    demo = build_demo(pipe, choice)
     # The whole queue has room for every live stream beyond the File/Compare jobs `admit_offline_job` lets wait.
     demo.queue(default_concurrency_limit=1, max_size=limits.OFFLINE_QUEUE + 4 * MAX_LIVE_STREAMS)
-    live_server = server_from_env(PIPE, LIVE_TIME_LIMIT_S)  # the low-latency live path, on the same server
-    demo.launch(
-        server_name=args.host,
-        server_port=args.port,
-        show_error=True,
-        max_file_size=f"{limits.MAX_UPLOAD_MB:g}mb",
-        css=page_css(PIPE.resolution),
-        app_kwargs={"routes": live_server.routes()},
-    )
+    live_server = server_from_env(pipe, LIVE_TIME_LIMIT_S)  # the low-latency live path, on the same server
+    try:
+        demo.launch(  # serves until Ctrl-C or SIGTERM
+            server_name=args.host,
+            server_port=args.port,
+            show_error=True,
+            max_file_size=f"{limits.MAX_UPLOAD_MB:g}mb",
+            css=page_css(pipe.resolution),
+            app_kwargs={"routes": live_server.routes()},
+            mcp_server=True,  # /generate and /compare as MCP tools, at /gradio_api/mcp/ (needs gradio[mcp])
+        )
+    finally:
+        for folder in (OUTPUTS, GRADIO_CACHE):  # now: jobs still running may hold the interpreter's exit (below)
+            folder.cleanup()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
     main()
+    # The server is closed and the folders are gone; a job still running in a worker thread would make Python's exit
+    # wait for it (it joins executor threads), so a SIGTERM during a long job would not end the process.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

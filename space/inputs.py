@@ -76,10 +76,14 @@ def field_checks(*values) -> list[dict]:
 def check_setting(component):
     """Gradio's own check of a settings widget's value (range, choices, type) -> an `Invalid` naming the field and
     what it takes, for `field_checks` (an exception here would reach the user as a bare "400 Bad Request"); a choice
-    of integers is typed integer in the API schema (Gradio's `Radio` says string)."""
+    of integers is typed integer in the API schema (Gradio's `Radio` says string) and takes "4" as 4."""
     preprocess, accepts = component.preprocess, _accepts(component)
+    choices = [value for _, value in getattr(component, "choices", None) or []]
+    integers = bool(choices) and all(isinstance(c, int) for c in choices)
 
     def checked(payload):
+        if integers and isinstance(payload, str) and payload.strip().isdigit():
+            payload = int(payload)  # as the API page's snippet sends a choice: its type reads Literal['1', '2', '4']
         try:
             value = preprocess(payload)
         except Exception:  # noqa: BLE001 - Gradio's messages do not name the field
@@ -89,7 +93,6 @@ def check_setting(component):
         return value
 
     component.preprocess = checked
-    choices = [value for _, value in getattr(component, "choices", None) or []]
-    if choices and all(isinstance(c, int) for c in choices):
+    if integers:
         component.api_info = lambda: {"type": "integer", "enum": choices, "title": component.label}
     return component

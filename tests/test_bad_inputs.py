@@ -214,7 +214,7 @@ CASES = {
     "reference guidance -5": case("error", "Reference guidance", guidance_reference=-5),
     "steps 0": case("error", "Denoising steps", steps=0),
     "steps 51": case("error", "Denoising steps", steps=51),
-    "block size '4' (a string)": case("error", "Block size", block_size="4"),
+    "block size '4' (a string, as the API page's snippet sends it)": case("works", block_size="4"),
     "block size 3": case("error", "Block size", block_size=3),
     "block size missing": case("error", "Block size", block_size=None),
     # path strings (gradio_client uploads the named file from the caller's machine: the server reads only that copy)
@@ -274,7 +274,7 @@ def _arg(value, files):
 
 def _submit(client, files, change: dict):
     inputs = {**GOOD, **SETTINGS, **change}
-    args = [_arg(inputs[k], files) for k in ("ref1", "ref2", "ref3", "audio")]
+    args = [_arg(inputs[k], files) for k in ("ref1", "audio", "ref2", "ref3")]  # the required inputs first
     args += [inputs[k] for k in SETTINGS]
     return client.submit(*args, api_name="/generate")
 
@@ -381,14 +381,14 @@ def test_offline_memory_does_not_grow_with_the_clip(tiny_pipe, monkeypatch, tmp_
             frames = frames[: -(-piece.size // SAMPLES_PER_FRAME)]
             yield BlockRecord(frames, piece, first, BlockTiming(i, len(frames), 1.0, 1.0, 1.0, 1.0, 1.0))
 
-    monkeypatch.setattr(app, "PIPE", tiny_pipe)
     monkeypatch.setattr(tiny_pipe, "generate_blocks", lambda reference_images, audio, **kw: blocks(audio))
     monkeypatch.setattr(app.limits, "MAX_AUDIO_S", 120)
     peaks = {}
     for seconds in (20, 60):
         audio = _wav(tmp_path / f"{seconds}.wav", speech_like(seconds))
         tracemalloc.start()
-        path, out = app._generate((str(EXAMPLES / "portrait_a.png"), None, None), str(audio), 2, 2, 1, 0, 4, "x")
+        refs = (str(EXAMPLES / "portrait_a.png"), None, None)
+        path, out = app.Handlers(tiny_pipe)._generate(refs, str(audio), 2, 2, 1, 0, 4, "x")
         peaks[seconds] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert out.num_frames == seconds * 25 and probe(path)["duration"] == pytest.approx(seconds, abs=0.1)
