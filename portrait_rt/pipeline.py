@@ -41,7 +41,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from portrait_rt.audio import is_silent, read_mono
 from portrait_rt.constants import SAMPLE_RATE, SAMPLES_PER_FRAME, SPATIAL_COMPRESSION
 from portrait_rt.faces import PasteBack, align_references
-from portrait_rt.fast_path import CachedStepGraphs, FastPathSettings, compile_repeated_blocks
+from portrait_rt.fast_path import CachedStepGraphs, FastPathSettings, apply_compiled_blocks, compile_repeated_blocks
 from portrait_rt.hub import load_components, model_class, saveable_configs
 from portrait_rt.images import frames_to_tensor, tensor_to_frames
 from portrait_rt.presets import PRESET_CLASSES, get_preset
@@ -176,7 +176,7 @@ class PortraitRTPipeline(DiffusionPipeline):
 
     def enable_fast_path(
         self,
-        compile: bool = True,
+        compile: bool | dict = True,
         backend: str = "inductor",
         cuda_graphs: bool | None = None,
         overlap_decode: bool | None = None,
@@ -187,16 +187,20 @@ class PortraitRTPipeline(DiffusionPipeline):
         Static-shape KV caches always; regional compilation of G's and the VAE's repeated blocks with `compile`;
         CUDA graphs of G's cached passes and decode of block i overlapped with G of block i + 1 on a second CUDA
         stream, both by default on CUDA only (`overlap_decode=True` on the CPU keeps the order, not the gain).
-        Every shape compiles and every group captures its graphs on first use: see `warm_up`.
+        Every shape compiles and every group captures its graphs on first use: see `warm_up`. On ZeroGPU, where
+        torch.compile does not run, pass as `compile` the blocks `fast_path.aoti_compile_repeated_blocks` compiled
+        ahead of time.
         """
         cuda = self._execution_device.type == "cuda"
         cuda_graphs = cuda if cuda_graphs is None else cuda_graphs and cuda
         overlap_decode = cuda if overlap_decode is None else overlap_decode
-        if compile:
+        if isinstance(compile, dict):
+            apply_compiled_blocks(self, compile)
+        elif compile:
             compile_repeated_blocks(self, backend=backend)
         self.transformer.set_cached_step_runner(CachedStepGraphs() if cuda_graphs else None)
         stream = torch.cuda.Stream(self._execution_device) if overlap_decode and cuda else None
-        self._fast_path = FastPathSettings(compile, cuda_graphs, overlap_decode, stream)
+        self._fast_path = FastPathSettings(bool(compile), cuda_graphs, overlap_decode, stream)
 
     @torch.no_grad()
     def warm_up(
