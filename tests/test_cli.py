@@ -63,3 +63,13 @@ def test_installed_command_runs_from_any_folder(tmp_path):
     for command in ([str(script)], [sys.executable, "-m", "portrait_rt"]):
         out = subprocess.run([*command, "generate", "--help"], capture_output=True, text=True, cwd=tmp_path)
         assert out.returncode == 0 and "--ref" in out.stdout, out.stderr
+
+
+def test_app_help_shows_every_default():
+    """`python app.py --help` uses the CLI's formatter: --port and --host say their defaults (they said nothing)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "app.py", "--help"], capture_output=True, text=True, cwd=root)
+    text = " ".join(out.stdout.split())
+    assert out.returncode == 0, out.stderr
+    assert "($GRADIO_SERVER_PORT) (default: 7860)" in text and "($GRADIO_SERVER_NAME) (default: 127.0.0.1)" in text
+    assert "an error (pass preset:tiny" not in text and "preset:tiny (random weights)" in text  # the app falls back
