@@ -62,6 +62,8 @@ class CachedStepGraphs:
 
     def __call__(self, step, cache, latents, timestep, audio_features, drop_audio, stream_start: bool) -> torch.Tensor:
         inputs = (latents, timestep, audio_features, drop_audio)
+        if isinstance(cache, list):  # several streams' caches (a group): run as it is
+            return step(cache, *inputs, stream_start)
         if not cache.static_shapes or latents.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
             return step(cache, *inputs, stream_start)
         key = (stream_start, *(None if x is None else (tuple(x.shape), x.dtype) for x in inputs))

@@ -10,7 +10,8 @@
 
 One block loop (`_run_blocks`) serves every entry point: `__call__` feeds one stream the whole clip, `stream()` feeds
 it chunk by chunk, `feed_group` steps a group of streams batched; a single stream is a group of one
-(`portrait_rt.streaming` holds the state). Per block of k latent frames (16 video frames for k = 4; 13 for a
+(`portrait_rt.streaming` holds the state). Streams join and leave a group between blocks (`StreamGroup.join` /
+`leave`); each gets exactly the frames it gets alone. Per block of k latent frames (16 video frames for k = 4; 13 for a
 stream's first block):
 1. the block's audio: model-rate samples and audio-encoder features, per 25 fps frame (`StreamAudio.take_block`);
 2. `num_inference_steps` Euler steps of rectified flow with G reading the KV cache (all CFG rows of all streams
@@ -52,8 +53,9 @@ from portrait_rt.streaming import (
     Stream,
     StreamAudio,
     StreamGroup,
-    StreamPosition,
     StreamSettings,
+    select_batch,
+    stack_batch,
 )
 
 
@@ -88,34 +90,39 @@ class _PendingBlock:
     """A generated block whose decode may still run (on `decode_stream`); `records()` waits for it."""
 
     video: torch.Tensor  # (streams, 3, n, H, W)
-    streams: tuple[Stream, ...]
     decode_stream: torch.cuda.Stream | None
     latents: torch.Tensor  # kept alive until the decode, on another stream, has read them
+    streams: list[Stream]
     audio: list[BlockAudio]
-    block: int
-    first_frame: int
+    blocks: list[int]  # per stream: its block index ...
+    first_frames: list[int]  # ... and the index of the block's first video frame
     start: float  # perf_counter at the block's start
     decode_start: float  # ... when its decode was queued
     step_ms: dict[str, float]  # denoise_ms, kv_ms
 
-    def records(self) -> list[BlockRecord]:
+    def records(self) -> list[tuple[Stream, BlockRecord]]:
         with torch.cuda.stream(self.decode_stream):  # the copy to the host waits for the decode stream only
             frames = tensor_to_frames(self.video.transpose(1, 2))  # (streams, n, H, W, 3)
         end = time.perf_counter()
         step = {**self.step_ms, "decode_ms": (end - self.decode_start) * 1e3}
         latency_ms = (end - self.start) * 1e3
         return [
-            stream.present(
-                BlockRecord(
-                    frames=frames[i],
-                    audio=a.samples,
-                    first_frame=self.first_frame,
-                    timing=BlockTiming(
-                        self.block, frames.shape[1], audio_ms=a.encode_ms, latency_ms=a.encode_ms + latency_ms, **step
-                    ),
-                )
+            (
+                stream,
+                stream.present(
+                    BlockRecord(
+                        frames=frames[i],
+                        audio=a.samples,
+                        first_frame=first,
+                        timing=BlockTiming(
+                            block, frames.shape[1], audio_ms=a.encode_ms, latency_ms=a.encode_ms + latency_ms, **step
+                        ),
+                    )
+                ),
             )
-            for i, (stream, a) in enumerate(zip(self.streams, self.audio))
+            for i, (stream, a, block, first) in enumerate(
+                zip(self.streams, self.audio, self.blocks, self.first_frames)
+            )
         ]
 
 
@@ -214,7 +221,7 @@ class PortraitRTPipeline(DiffusionPipeline):
         refs = [np.full((res, res, 3), 128, np.uint8)] * num_references
         group = self.start_streams([refs] * num_streams, settings=settings, **options)
         blocks = group.settings.kv_window // group.settings.block_size + 1
-        frames = sum(group.position.block_video_frames(i) for i in range(blocks))
+        frames = sum(group.streams[0].position.block_video_frames(i) for i in range(blocks))
         frames += self.audio_encoder.config.lookahead_frames
         noise = np.random.default_rng(0).standard_normal(frames * SAMPLES_PER_FRAME).astype(np.float32) * 0.1
         self.feed_group(group, [(noise, SAMPLE_RATE)] * num_streams)
@@ -256,8 +263,8 @@ class PortraitRTPipeline(DiffusionPipeline):
 
         `reference_images`: per stream, 1-3 paths / PIL images / arrays / `FaceAlignment`s (the same number for
         every stream); photos are aligned on their faces and pasted back as `align_faces` / `paste_back` say.
-        `generators`: one per stream (or None). Precomputes f_c = E1(I_r), z_r = E(I_r) and KV_r for all streams at
-        once. The run settings (`settings` and/or `StreamSettings` fields by name, see `stream_settings`) hold for
+        `generators`: one per stream (or None). Precomputes f_c = E1(I_r), z_r = E(I_r) and KV_r, each stream's
+        alone. The run settings (`settings` and/or `StreamSettings` fields by name, see `stream_settings`) hold for
         the group's life.
         """
         settings = self.stream_settings(settings, **options)
@@ -271,16 +278,20 @@ class PortraitRTPipeline(DiffusionPipeline):
         refs = [np.stack([a.crop for a in alignments]) for alignments in aligned]  # (M, H, W, 3) each
         if len({r.shape[0] for r in refs}) > 1:
             raise ValueError("Streams batched in one group need the same number of reference images.")
-        device, dtype = self._execution_device, self.transformer.dtype
+        streams = tuple(self._new_stream(r, g, settings, a) for r, g, a in zip(refs, generators, aligned))
+        return StreamGroup(settings, streams, copy.deepcopy(self.scheduler))
 
-        # f_c for the decoder's Dref, z_r (normalised like every latent G sees) for KV_r.
-        images = frames_to_tensor(np.stack(refs)).to(device, self.vae.dtype)  # (streams, M, 3, H, W) in [-1, 1]
+    def _new_stream(self, references: np.ndarray, generator, settings: StreamSettings, alignments) -> Stream:
+        """A stream's own state: f_c for the decoder's Dref, z_r (normalised like every latent G sees) -> KV_r in its
+        own KV cache (its CFG rows). Each stream alone, so that it starts the same whoever starts with it."""
+        device, dtype = self._execution_device, self.transformer.dtype
+        images = frames_to_tensor(references[None]).to(device, self.vae.dtype)  # (1, M, 3, H, W) in [-1, 1]
         f_c, z_r = self.vae.encode_reference(images)
         z_r = (z_r - self.vae.config.shift_factor) * self.vae.config.scaling_factor
         rows, h = settings.num_cfg_rows, self.resolution // SPATIAL_COMPRESSION
         cache = self.transformer.init_kv_cache(
-            len(refs) * rows,
-            refs[0].shape[0],
+            rows,
+            references.shape[0],
             (h, h),
             kv_window=settings.kv_window,
             block_size=settings.block_size,
@@ -288,21 +299,20 @@ class PortraitRTPipeline(DiffusionPipeline):
             dtype=dtype,
             static_shapes=self._fast_path is not None,
         )
-        drop_reference = torch.tensor([drop for _, drop in settings.cfg_rows] * len(refs), device=device)
+        drop_reference = torch.tensor([drop for _, drop in settings.cfg_rows], device=device)
         self.transformer.prefill_references(
             cache, z_r.to(dtype).repeat_interleave(rows, dim=0), drop_reference=drop_reference
         )
-        streams = tuple(
-            Stream(
-                r,
-                StreamAudio(self.audio_encoder.init_stream_state(1)),
-                g,
-                alignments=tuple(a),
-                paste_back=PasteBack(a[0]) if settings.paste_back and a[0].face_found else None,
-            )
-            for r, g, a in zip(refs, generators, aligned)
+        return Stream(
+            references,
+            StreamAudio(self.audio_encoder.init_stream_state(1)),
+            generator,
+            settings,
+            kv_cache=cache,
+            reference_features=f_c,
+            alignments=tuple(alignments),
+            paste_back=PasteBack(alignments[0]) if settings.paste_back and alignments[0].face_found else None,
         )
-        return StreamGroup(settings, streams, cache, f_c, StreamPosition(settings), copy.deepcopy(self.scheduler))
 
     def start_stream(
         self,
@@ -323,22 +333,33 @@ class PortraitRTPipeline(DiffusionPipeline):
             raise ValueError("This stream has been flushed; start a new one with start_stream().")
         if len(stream.group.streams) > 1:
             raise ValueError("This stream runs in a group; feed it with feed_group(group, chunks).")
-        for (record,) in self._run_blocks(stream.group, [(samples, sample_rate)]):
+        for ((_, record),) in self._run_blocks(stream.group, [(samples, sample_rate)]):
             yield record
 
     @torch.no_grad()
-    def feed_group(self, group: StreamGroup, chunks: list[tuple[np.ndarray, int] | None]) -> list[list[BlockRecord]]:
+    def feed_group(
+        self, group: StreamGroup, chunks: list[tuple[np.ndarray, int] | None], lockstep: bool = True
+    ) -> list[list[BlockRecord]]:
         """Add one audio chunk `(samples, sample_rate)` per stream (None: nothing new) and run every block all the
-        streams can run, batched. Returns the new `BlockRecord`s per stream. End a stream with `flush(stream)`."""
+        streams can run, batched. Returns the new `BlockRecord`s per stream. End a stream with `flush(stream)`.
+
+        `lockstep=False`: a block runs for every stream whose next block's audio is there, without waiting for the
+        others (a live server decides itself when to run: `portrait_rt.serving.worker`)."""
         if len(chunks) != len(group.streams):
             raise ValueError(
                 f"Give one chunk (or None) per stream: the group has {len(group.streams)}, got {len(chunks)}."
             )
+        index = {stream: i for i, stream in enumerate(group.streams)}
         out: list[list[BlockRecord]] = [[] for _ in group.streams]
-        for records in self._run_blocks(group, chunks):
-            for stream_out, record in zip(out, records):
-                stream_out.append(record)
+        for records in self._run_blocks(group, chunks, lockstep=lockstep):
+            for stream, record in records:
+                out[index[stream]].append(record)
         return out
+
+    def block_ready(self, stream: Stream) -> bool:
+        """Whether the audio of `stream`'s next block is there (encoding what it needs: the block loop takes it)."""
+        first, n = stream.position.video_frames, stream.position.block_video_frames()
+        return stream.audio.take_block(first, n, self.audio_encoder) is not None
 
     @torch.no_grad()
     def flush(self, stream: Stream) -> Iterator[BlockRecord]:
@@ -348,11 +369,11 @@ class PortraitRTPipeline(DiffusionPipeline):
         """
         if stream.finished:
             return
-        group = stream.group if len(stream.group.streams) == 1 else stream.group.split_off(stream)
+        group = stream.group if len(stream.group.streams) == 1 else stream.group.leave(stream)
         audio_frames = stream.audio.close()  # video frames the audio covers
         # Silence up to the end of the block holding the last frame: the model sees a speaker falling quiet.
-        stream.audio.pad_to(group.position.block_end(audio_frames))
-        for (record,) in self._run_blocks(group, final=True):
+        stream.audio.pad_to(stream.position.block_end(audio_frames))
+        for ((_, record),) in self._run_blocks(group, final=True):
             keep = audio_frames - record.first_frame
             if keep > 0:
                 record.trim(keep)
@@ -383,10 +404,16 @@ class PortraitRTPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ the block loop (Algorithm 2, steps 2-4)
     def _run_blocks(
-        self, group: StreamGroup, chunks: list[tuple[np.ndarray, int] | None] | None = None, final: bool = False
-    ) -> Iterator[list[BlockRecord]]:
+        self,
+        group: StreamGroup,
+        chunks: list[tuple[np.ndarray, int] | None] | None = None,
+        final: bool = False,
+        lockstep: bool = True,
+    ) -> Iterator[list[tuple[Stream, BlockRecord]]]:
         """The one block loop: add `chunks` (one per stream, or None), then, while every stream of `group` has its
-        next block's audio, generate that block for all of them at once. With `final` (flush) the audio has ended.
+        next block's audio (without `lockstep`: while any has), generate that block for all of them at once: streams
+        at their first block batched apart from the others. With `final` (flush) the audio has ended. Yields the
+        (stream, record) pairs of each step.
 
         With the fast path's decode overlap, block i is yielded once G of block i + 1 is queued (if its audio is
         there; else at once): the GPU decodes one block while it denoises the next."""
@@ -394,48 +421,56 @@ class PortraitRTPipeline(DiffusionPipeline):
             if chunk is not None:
                 stream.audio.push(*chunk)
         overlap = self._fast_path is not None and self._fast_path.overlap_decode
-        pending: _PendingBlock | None = None  # the previous block, still decoding (decode overlap)
+        pending: list[_PendingBlock] = []  # the previous step's blocks, still decoding (decode overlap)
         while True:
-            first, n = group.position.video_frames, group.position.block_video_frames()
-            audio = [stream.audio.take_block(first, n, self.audio_encoder, final) for stream in group.streams]
-            if any(a is None for a in audio):
+            ready = []
+            for stream in group.streams:
+                first, n = stream.position.video_frames, stream.position.block_video_frames()
+                audio = stream.audio.take_block(first, n, self.audio_encoder, final)
+                if audio is not None:
+                    ready.append((stream, audio))
+            if not ready or (lockstep and len(ready) < len(group.streams)):
                 break
-            block = self._generate_block(group, audio)
-            if pending is not None:  # G of this block is queued: the GPU runs it while the last decode finishes
-                yield pending.records()
-            pending = block
+            starting = [(s, a) for s, a in ready if s.position.block_index == 0]
+            going = [(s, a) for s, a in ready if s.position.block_index > 0]
+            blocks = [self._generate_block(group, *zip(*batch)) for batch in (starting, going) if batch]
+            if pending:  # G of this step is queued: the GPU runs it while the last decode finishes
+                yield [pair for block in pending for pair in block.records()]
+            pending = blocks
             if not overlap:
-                yield pending.records()
-                pending = None
-        if pending is not None:
-            yield pending.records()
+                yield [pair for block in pending for pair in block.records()]
+                pending = []
+        if pending:
+            yield [pair for block in pending for pair in block.records()]
 
-    def _generate_block(self, group: StreamGroup, audio: list[BlockAudio]) -> _PendingBlock:
-        """Algorithm 2 steps 2-4 for the next block of every stream of `group`: one forward of G over all their CFG
-        rows per Euler step, the t = 0 KV pass, one decode with every stream's decoder caches stacked. The work is
-        queued (on CUDA, the decode on the fast path's decode stream); `records()` of the result waits for it."""
+    def _generate_block(self, group: StreamGroup, streams: tuple[Stream, ...], audio: tuple[BlockAudio, ...]):
+        """Algorithm 2 steps 2-4 for the next block of `streams` (all at their first block, or none): one forward of
+        G over all their CFG rows per Euler step (attention per stream, over its own KV cache), the t = 0 KV pass,
+        one decode with their decoder caches stacked. The work is queued (on CUDA, the decode on the fast path's
+        decode stream); `records()` of the result waits for it."""
         start = time.perf_counter()
         dit, vae, settings = self.transformer, self.vae, group.settings
         rows, device, dtype = settings.num_cfg_rows, self._execution_device, dit.dtype
         h = w = self.resolution // SPATIAL_COMPRESSION
         features = torch.cat([a.features for a in audio]).to(device, dtype)  # (streams, n, D)
         features = features.repeat_interleave(rows, dim=0)  # (streams * rows, n, D)
-        drop_audio = group.drop_audio
+        drop_audio = group.drop_audio(len(streams))
+        caches = [s.kv_cache for s in streams]
 
         # 2. Denoising: Euler steps of the rectified-flow ODE from noise (t = 1) to data (t = 0); each stream's noise.
         shape = (1, dit.config.in_channels, settings.block_size, h, w)
-        noise = [randn_tensor(shape, generator=s.generator, device=device, dtype=dtype) for s in group.streams]
+        noise = [randn_tensor(shape, generator=s.generator, device=device, dtype=dtype) for s in streams]
         latents = torch.cat(noise)  # (streams, C, k, h, w)
         group.scheduler.set_timesteps(settings.num_inference_steps, device=device)
         for t in group.scheduler.timesteps:
             x = latents.repeat_interleave(rows, dim=0)  # (streams * rows, C, k, h, w)
-            v = dit.forward_cached(group.kv_cache, x, t.expand(x.shape[0]).to(dtype), features, drop_audio=drop_audio)
+            v = dit.forward_cached(caches, x, t.expand(x.shape[0]).to(dtype), features, drop_audio=drop_audio)
             v = torch.cat([cfg_combine(vs, settings) for vs in v.split(rows)])  # (streams, C, k, h, w)
             latents = group.scheduler.step(v, t, latents, return_dict=False)[0]
         t1 = time.perf_counter()
 
         # 3. The t = 0 pass on the clean block: the only pass that writes the KV cache.
-        dit.update_cache(group.kv_cache, latents.repeat_interleave(rows, dim=0), features, drop_audio=drop_audio)
+        dit.update_cache(caches, latents.repeat_interleave(rows, dim=0), features, drop_audio=drop_audio)
         t2 = time.perf_counter()
 
         # 4. Causal decoding of all streams at once, with their reference features, carrying their decoder caches.
@@ -444,12 +479,19 @@ class PortraitRTPipeline(DiffusionPipeline):
             decode_stream.wait_stream(torch.cuda.current_stream(device))  # the latents are ready
         with torch.cuda.stream(decode_stream):  # None: the current stream
             z = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-            video, group.decoder_cache = vae.decode_chunk(z, group.reference_features, cache=group.decoder_cache)
+            f_c = torch.cat([s.reference_features for s in streams])  # (streams, M, C, h, w)
+            cache = stack_batch([s.decoder_cache for s in streams])
+            video, cache = vae.decode_chunk(z, f_c, cache=cache)
+        for i, stream in enumerate(streams):
+            stream.decoder_cache = select_batch(cache, i)
 
-        block, first = group.position.block_index, group.position.video_frames
-        group.position.advance()
+        blocks = [s.position.block_index for s in streams]
+        first_frames = [s.position.video_frames for s in streams]
+        for s in streams:
+            s.position.advance()
         step = {"denoise_ms": (t1 - start) * 1e3, "kv_ms": (t2 - t1) * 1e3}
-        return _PendingBlock(video, group.streams, decode_stream, latents, audio, block, first, start, t2, step)
+        streams, audio = list(streams), list(audio)
+        return _PendingBlock(video, decode_stream, latents, streams, audio, blocks, first_frames, start, t2, step)
 
     # ------------------------------------------------------------------ offline
     @torch.no_grad()

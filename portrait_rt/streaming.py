@@ -10,11 +10,13 @@ One `PortraitRTPipeline` serves many streams, and one block loop serves every co
 
 - `StreamSettings`: the run settings a group fixes at its start (guidance, steps, block size, KV window), checked
   once; its CFG rows follow from the guidance;
-- `StreamPosition`: where a group's streams are (blocks and video frames done), advanced once per block;
+- `StreamPosition`: where a stream is (blocks and video frames done), advanced once per block;
 - `StreamAudio`: one stream's audio, from chunks in to one block's audio out (`take_block`);
-- `Stream`: one stream's own things: references, audio, noise generator, and the group it runs in;
-- `StreamGroup`: streams stepped together in lockstep: their CFG rows share one KV cache, their reference features
-  and decoder caches are stacked along the batch; a stream leaves its group (`split_off`) to end on its own.
+- `Stream`: one stream's own things: references, audio, noise generator, position, KV cache and decoder caches;
+- `StreamGroup`: streams run batched: one forward of G per Euler step over all their CFG rows (attention per stream,
+  over its own KV cache) and one decode with their caches stacked. Since each stream carries its own position and
+  caches, a stream joins (`join`) or leaves (`leave`) a group between any two blocks, and its frames are those it
+  makes alone, bit for bit (on the CPU; `tests/test_stream_groups.py`).
 """
 
 from __future__ import annotations
@@ -162,8 +164,8 @@ class StreamSettings:
 
 @dataclass
 class StreamPosition:
-    """Where a group's streams are: blocks done, and the video frames they hold (the settings' `block_size` latent
-    frames each)."""
+    """Where a stream is: blocks done, and the video frames they hold (the settings' `block_size` latent frames
+    each)."""
 
     settings: StreamSettings
     block_index: int = 0
@@ -281,6 +283,11 @@ class Stream:
     reference_frames: np.ndarray  # uint8 (M, H, W, 3), as loaded
     audio: StreamAudio
     generator: torch.Generator | None
+    settings: StreamSettings
+    kv_cache: KVCache = field(repr=False)  # its CFG rows: KV_r and its window
+    reference_features: torch.Tensor = field(repr=False)  # (1, M, C, h, w): f_c = E1(I_r), for the decoder's Dref
+    position: StreamPosition = field(default=None)  # type: ignore[assignment]  (set from the settings)
+    decoder_cache: list | None = field(default=None, repr=False)  # the VAE decoder's causal caches (None: start)
     group: StreamGroup | None = field(default=None, repr=False)  # set by the group it runs in
     finished: bool = False  # flushed: its audio ended and its last block is out
     alignments: tuple[FaceAlignment, ...] = ()
@@ -301,62 +308,93 @@ class Stream:
             record.timing.latency_ms += record.timing.paste_ms
         return record
 
+    def __post_init__(self):
+        if self.position is None:
+            self.position = StreamPosition(self.settings)
+
+    @property
+    def num_references(self) -> int:
+        return self.reference_frames.shape[0]
+
 
 @dataclass(eq=False)
 class StreamGroup:
-    """Streams stepped together, one batched forward of G per Euler step and one VAE decode per block.
+    """Streams run batched: per block, one forward of G per Euler step over all their CFG rows and one VAE decode.
 
-    Rows of the KV cache are stream-major: stream i owns rows [i R, (i + 1) R) for R CFG rows. `reference_features`
-    (f_c = E1(I_r), opaque to the runtime) and the decoder's causal caches are stacked along dim 0, one per stream.
-    All streams of a group are at one `position`; a stream that ends alone leaves first (`split_off`).
+    Every stream keeps its own position, KV cache (its CFG rows; G attends per stream) and decoder caches (stacked
+    along the batch for the decode), so streams of a group may be at any blocks: those at their first block (13 video
+    frames for k = 4, the mask token) run batched apart from the others. A stream joins (`join`) or leaves (`leave`)
+    between blocks; the others' frames do not change. The streams of a group share the settings and the number of
+    reference images (the decoder's reference features are stacked).
     """
 
     settings: StreamSettings
     streams: tuple[Stream, ...]
-    kv_cache: KVCache
-    reference_features: torch.Tensor  # (streams, M, C, h, w)
-    position: StreamPosition
     scheduler: FlowMatchEulerDiscreteScheduler  # the group's own copy (its step state)
-    decoder_cache: list | None = None  # the VAE decoder's causal caches (None: stream start)
 
     def __post_init__(self):
+        self.streams = tuple(self.streams)
         for stream in self.streams:
+            self._check(stream)
             stream.group = self
 
     @property
-    def drop_audio(self) -> torch.Tensor:
-        """(streams * R,) bool: the rows that use the null audio embedding."""
-        rows = [drop for drop, _ in self.settings.cfg_rows] * len(self.streams)
-        return torch.tensor(rows, device=self.kv_cache.key.device)
+    def position(self) -> StreamPosition:
+        """The streams' position, where they are all at one (as `start_streams` makes them)."""
+        positions = {(s.position.block_index, s.position.video_frames) for s in self.streams}
+        if len(positions) != 1:
+            raise ValueError("The streams of this group are at different blocks; read each stream's `position`.")
+        return self.streams[0].position
 
-    def split_off(self, stream: Stream) -> StreamGroup:
-        """Move `stream` into a group of its own (its cache rows copied out), at the same position; returns it."""
-        i = self.streams.index(stream)
-        rest = [j for j in range(len(self.streams)) if j != i]
-        alone = StreamGroup(
-            settings=self.settings,
-            streams=(stream,),
-            kv_cache=self.kv_cache.select_rows(self._rows([i])),
-            reference_features=self.reference_features[i : i + 1],
-            position=dataclasses.replace(self.position),
-            scheduler=copy.deepcopy(self.scheduler),
-            decoder_cache=_select_batch(self.decoder_cache, [i]),
-        )
-        self.streams = tuple(self.streams[j] for j in rest)
-        self.kv_cache = self.kv_cache.select_rows(self._rows(rest))
-        self.reference_features = self.reference_features[rest]
-        self.decoder_cache = _select_batch(self.decoder_cache, rest)
-        return alone
+    def drop_audio(self, num_streams: int) -> torch.Tensor:
+        """(num_streams * R,) bool: the rows that use the null audio embedding."""
+        rows = [drop for drop, _ in self.settings.cfg_rows] * num_streams
+        return torch.tensor(rows, device=self.streams[0].kv_cache.key.device)
 
-    def _rows(self, streams: list[int]) -> list[int]:
-        r = self.settings.num_cfg_rows
-        return [i * r + j for i in streams for j in range(r)]
+    def join(self, stream: Stream) -> None:
+        """Add `stream` (from its own group, which it leaves) before the next block; the streams already here go on
+        as they were. Its first block, if it has not run yet, runs batched apart from blocks of streams under way."""
+        if stream.finished:
+            raise ValueError("This stream has been flushed; start a new one.")
+        self._check(stream)
+        if stream.group is not None and stream.group is not self:
+            stream.group.streams = tuple(s for s in stream.group.streams if s is not stream)
+        if stream not in self.streams:
+            self.streams += (stream,)
+        stream.group = self
+
+    def leave(self, stream: Stream) -> StreamGroup:
+        """Move `stream` into a group of its own, between blocks; returns that group. The others go on unchanged."""
+        self.streams = tuple(s for s in self.streams if s is not stream)
+        return StreamGroup(self.settings, (stream,), copy.deepcopy(self.scheduler))
+
+    def _check(self, stream: Stream) -> None:
+        if stream.settings != self.settings:
+            raise ValueError(
+                f"A stream joins only a group of its settings: {stream.settings} is not the group's {self.settings}."
+            )
+        others = {s.num_references for s in self.streams if s is not stream}
+        if others and others != {stream.num_references}:
+            raise ValueError(
+                f"The streams of a group have the same number of reference images: {stream.num_references} is not "
+                f"the group's {others.pop()}."
+            )
 
 
-def _select_batch(cache, index: list[int]):
-    """Entries `index` (dim 0) of every tensor of a nested cache (lists of tensors, or None)."""
+def stack_batch(caches: list):
+    """Per-stream nested caches (lists of (1, ...) tensors, or None) -> one, concatenated along dim 0."""
+    first = caches[0]
+    if first is None:
+        return None
+    if isinstance(first, torch.Tensor):
+        return torch.cat(caches) if len(caches) > 1 else first
+    return [stack_batch([c[i] for c in caches]) for i in range(len(first))]
+
+
+def select_batch(cache, i: int):
+    """Entry `i` (dim 0, kept as a batch of one) of every tensor of a nested cache (lists of tensors, or None)."""
     if cache is None:
         return None
     if isinstance(cache, torch.Tensor):
-        return cache[index]
-    return [_select_batch(c, index) for c in cache]
+        return cache[i : i + 1]
+    return [select_batch(c, i) for c in cache]

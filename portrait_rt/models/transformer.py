@@ -15,12 +15,15 @@ Two entry points:
   [refs, noised context, noisy targets]; without, plain blockwise-causal attention over `latents` (the uncached
   reference for the cached path).
 - `init_kv_cache` / `prefill_references` / `forward_cached` / `update_cache`: streaming inference, Algorithm 2.
+  The cached passes take one `KVCache` or a list (one per stream): the token work of all their rows is batched and
+  attention runs per cache, so streams at any window position run together and each gets exactly its output alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -57,6 +60,20 @@ def apply_rotary_emb(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs
     return out.type_as(hidden_states)
 
 
+def rowwise(fn, x: torch.Tensor) -> torch.Tensor:
+    """`fn` (row-wise: linear layers, activations) on the rows of (..., D) `x`, padded to a multiple of 8 rows.
+
+    The per-frame embedders see few rows (B x k). On the CPU, MKL's sgemm computes a matrix of under 12 rows (or not
+    a multiple of 4) with other kernels, and PyTorch's vectorised activations compute a tensor's last elements (past a
+    multiple of 2 vectors) one by one: both round differently, so a stream alone (B = its CFG rows) would not get
+    exactly what it gets batched with other streams. Padded, every row is computed alike whatever the batch.
+    """
+    rows = x.reshape(-1, x.shape[-1])  # (N, D)
+    pad = -rows.shape[0] % 8
+    out = fn(F.pad(rows, (0, 0, 0, pad)) if pad else rows)
+    return out[: rows.shape[0]].view(*x.shape[:-1], out.shape[-1])
+
+
 class FlowDiTAttnProcessor:
     """Self-attention math: QK RMSNorm, 3D RoPE, then `dispatch_attention_fn` on (B, S, H, D) tensors.
 
@@ -66,6 +83,10 @@ class FlowDiTAttnProcessor:
     `FlowDiT.update_cache` advances that length. With a 0-d tensor `offset` (a `KVCache` with `static_shapes`),
     attention reads the whole buffer and the caller's `attention_mask` hides what lies past `offset + S`: every
     window position then runs the same shapes, so one compiled graph and one CUDA graph serve them all.
+
+    With a list of `kv_cache`s (one per stream; `rotary_emb` and `attention_mask` then lists too), the rows are split
+    in order by the caches' batch sizes and each part attends over its own cache: the projections stay batched, and
+    each stream runs the very attention it runs alone.
     """
 
     _attention_backend = None
@@ -82,6 +103,16 @@ class FlowDiTAttnProcessor:
         query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))  # (B, S, H, Dh)
         key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
         value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if isinstance(kv_cache, list):  # several streams' caches: rows [b_0, b_0 + B_i) attend over cache i
+            sizes = [layer[0].shape[0] for layer in kv_cache]
+            parts = zip(query.split(sizes), key.split(sizes), value.split(sizes), rotary_emb, attention_mask, kv_cache)
+            hidden_states = torch.cat([self._attend(*part) for part in parts])  # (B, S, H*Dh)
+        else:
+            hidden_states = self._attend(query, key, value, rotary_emb, attention_mask, kv_cache)
+        return attn.to_out(hidden_states.type_as(query))
+
+    def _attend(self, query, key, value, rotary_emb, attention_mask, kv_cache: LayerKV | None) -> torch.Tensor:
+        """RoPE, the cache write and attention for (B, S, H, Dh) `query`/`key`/`value` -> (B, S, H*Dh)."""
         if rotary_emb is not None:
             query, key = apply_rotary_emb(query, *rotary_emb), apply_rotary_emb(key, *rotary_emb)
 
@@ -107,8 +138,7 @@ class FlowDiTAttnProcessor:
             is_causal=False,
             backend=self._attention_backend,
         )
-        hidden_states = hidden_states.flatten(2, 3).type_as(query)  # (B, S, H*Dh)
-        return attn.to_out(hidden_states)
+        return hidden_states.flatten(2, 3)  # (B, S, H*Dh)
 
 
 class FlowDiTAttention(nn.Module, AttentionModuleMixin):
@@ -386,11 +416,11 @@ class FlowDiT(ModelMixin, ConfigMixin):
             )
         embeddings = []
         if stream_start:  # latent frame 0 holds one video frame: its own embedder
-            embeddings.append(self.first_frame_audio_embedder(audio_features[:, :1]))  # (B, 1, Dae)
+            embeddings.append(rowwise(self.first_frame_audio_embedder, audio_features[:, :1]))  # (B, 1, Dae)
             audio_features = audio_features[:, 1:]
         if audio_features.shape[1]:  # fold 4 video frames into one latent frame
             folded = audio_features.reshape(batch_size, -1, TEMPORAL_COMPRESSION * audio_dim)  # (B, T', 4*Da)
-            embeddings.append(self.audio_embedder(folded))  # (B, T', Dae)
+            embeddings.append(rowwise(self.audio_embedder, folded))  # (B, T', Dae)
         audio = torch.cat(embeddings, dim=1)  # (B, T, Dae)
         if drop_audio is not None:
             audio = torch.where(drop_audio.view(-1, 1, 1), self.null_audio.to(audio.dtype), audio)
@@ -421,8 +451,9 @@ class FlowDiT(ModelMixin, ConfigMixin):
     def _embed_timestep(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-frame timesteps (B, Tf) -> temb (B, Tf, D) and the AdaLN projection (B, Tf, 6, D)."""
         t_freq = self.timesteps_proj(timestep.flatten()).unflatten(0, timestep.shape)  # (B, Tf, freq_dim)
-        temb = self.time_embedder(t_freq.to(self.time_embedder.linear_1.weight.dtype))  # (B, Tf, D)
-        return temb, self.time_proj(F.silu(temb).to(self.time_proj.weight.dtype)).unflatten(-1, (6, -1))
+        temb = rowwise(self.time_embedder, t_freq.to(self.time_embedder.linear_1.weight.dtype))  # (B, Tf, D)
+        temb_proj = rowwise(lambda x: self.time_proj(F.silu(x).to(self.time_proj.weight.dtype)), temb)  # (B, Tf, 6D)
+        return temb, temb_proj.unflatten(-1, (6, -1))
 
     @staticmethod
     def _frame_timesteps(timestep: torch.Tensor | float, batch_size: int, num_frames: int, device) -> torch.Tensor:
@@ -585,7 +616,7 @@ class FlowDiT(ModelMixin, ConfigMixin):
             position=torch.zeros((), dtype=torch.long, device=kwargs["device"]) if static_shapes else None,
         )
 
-    def _layer_caches(self, cache: KVCache, offset: int) -> list[LayerKV]:
+    def _layer_caches(self, cache: KVCache, offset) -> list[LayerKV]:
         return [(cache.key[i], cache.value[i], offset) for i in range(len(self.blocks))]
 
     def prefill_references(
@@ -613,30 +644,39 @@ class FlowDiT(ModelMixin, ConfigMixin):
 
     def _cached_pass(
         self,
-        cache: KVCache,
+        caches: KVCache | Sequence[KVCache],
         latents: torch.Tensor,
         timestep: torch.Tensor | float,
         audio_features: torch.Tensor,
         drop_audio: torch.Tensor | None,
         stream_start: bool,
     ) -> torch.Tensor:
-        """Run one block at the cache's next window position (its K/V land right after the valid prefix): v."""
+        """Run one block at each cache's next window position (its K/V land right after the valid prefix): v.
+
+        Several caches (one per stream): the rows of `latents` are theirs in order, `batch_size` rows each."""
+        caches = _as_list(caches)
         batch_size, _, num_frames, height, width = latents.shape
-        if not cache.references_ready:
-            raise ValueError("Call prefill_references(cache, reference_latents) before generating blocks.")
-        if batch_size != cache.batch_size or (height, width) != cache.latent_size:
+        for cache in caches:
+            if not cache.references_ready:
+                raise ValueError("Call prefill_references(cache, reference_latents) before generating blocks.")
+            if (height, width) != cache.latent_size:
+                raise ValueError(
+                    f"latents {tuple(latents.shape)} do not fit the cache (latent_size={cache.latent_size})."
+                )
+            if not 1 <= num_frames <= cache.block_size or cache.num_latent_frames + num_frames > cache.kv_window:
+                raise ValueError(
+                    f"A block has 1..{cache.block_size} latent frames and must fit the KV window "
+                    f"({cache.num_latent_frames} + {num_frames} > {cache.kv_window}); got {num_frames}."
+                )
+        if batch_size != sum(cache.batch_size for cache in caches):
             raise ValueError(
-                f"latents {tuple(latents.shape)} do not fit the cache (B={cache.batch_size}, "
-                f"latent_size={cache.latent_size})."
-            )
-        if not 1 <= num_frames <= cache.block_size or cache.num_latent_frames + num_frames > cache.kv_window:
-            raise ValueError(
-                f"A block has 1..{cache.block_size} latent frames and must fit the KV window "
-                f"({cache.num_latent_frames} + {num_frames} > {cache.kv_window}); got {num_frames}."
+                f"latents {tuple(latents.shape)} do not fit the cache (B={[c.batch_size for c in caches]} rows)."
             )
         timestep = self._frame_timesteps(timestep, batch_size, num_frames, latents.device).contiguous()  # (B, k)
-        if cache.static_shapes:
-            cache.position.fill_(cache.num_latent_frames)  # on the device, outside any captured graph
+        for cache in caches:
+            if cache.static_shapes:
+                cache.position.fill_(cache.num_latent_frames)  # on the device, outside any captured graph
+        cache = caches[0] if len(caches) == 1 else caches  # one cache: the fast path may replay its CUDA graph
         inputs = (cache, latents, timestep, audio_features, drop_audio, stream_start)
         if self._cached_step_runner is not None:
             return self._cached_step_runner(self._cached_step, *inputs)
@@ -645,12 +685,13 @@ class FlowDiT(ModelMixin, ConfigMixin):
     def set_cached_step_runner(self, runner: Callable[..., torch.Tensor] | None) -> None:
         """Run the tensor work of every cached pass as `runner(step, cache, latents, timestep, audio_features,
         drop_audio, stream_start)`, where `step` is `_cached_step` (the fast path's CUDA graphs,
-        `portrait_rt.fast_path.CachedStepGraphs`, replay it); None: `step` runs as it is."""
+        `portrait_rt.fast_path.CachedStepGraphs`, replay it) and `cache` one `KVCache` or a list (several streams);
+        None: `step` runs as it is."""
         self._cached_step_runner = runner
 
     def _cached_step(
         self,
-        cache: KVCache,
+        cache: KVCache | list[KVCache],
         latents: torch.Tensor,
         timestep: torch.Tensor,
         audio_features: torch.Tensor,
@@ -660,11 +701,23 @@ class FlowDiT(ModelMixin, ConfigMixin):
         """The tensor work of `_cached_pass` (checked inputs, (B, k) `timestep`): with `cache.static_shapes` it reads
         no Python state that changes along a stream, so the fast path can capture it as one CUDA graph."""
         _, _, num_frames, height, width = latents.shape
-        device = latents.device
         audio = self._embed_audio(audio_features, num_frames, stream_start, drop_audio)  # (B, k, Dae)
         hidden_states = self._embed_video(latents, audio, stream_start)  # (B, k*h*w, D)
         temb, temb_proj = self._embed_timestep(timestep)
         temb_proj = temb_proj.repeat_interleave(height * width, dim=1)  # (B, k*h*w, 6, D)
+        windows = [self._window(c, num_frames, height, width) for c in _as_list(cache)]  # (rotary, mask, layers)
+        if isinstance(cache, list):  # one (rotary, mask) per cache; the caches' (key, value, offset) per layer
+            rotary_emb, mask = [w[0] for w in windows], [w[1] for w in windows]
+            layers = [list(per_layer) for per_layer in zip(*(w[2] for w in windows))]
+        else:
+            rotary_emb, mask, layers = windows[0]
+        hidden_states = self._run_blocks(hidden_states, temb_proj, rotary_emb, attention_mask=mask, kv_caches=layers)
+        return self._head(hidden_states, temb, latents.shape)
+
+    def _window(self, cache: KVCache, num_frames: int, height: int, width: int):
+        """Where the next block sits in `cache`'s window: its RoPE angles, the attention mask (static shapes only)
+        and the per-layer (key, value, write offset)."""
+        device = cache.key.device
         if cache.static_shapes:
             window_frame = cache.position  # 0-d device tensor
             offset = cache.num_reference_tokens + window_frame * cache.tokens_per_frame
@@ -675,15 +728,11 @@ class FlowDiT(ModelMixin, ConfigMixin):
             offset = cache.num_reference_tokens + window_frame * cache.tokens_per_frame
             mask = None
         positions = FIRST_VIDEO_FRAME_POSITION + window_frame + torch.arange(num_frames, device=device)
-        rotary_emb = self.rope(positions, height, width)
-        hidden_states = self._run_blocks(
-            hidden_states, temb_proj, rotary_emb, attention_mask=mask, kv_caches=self._layer_caches(cache, offset)
-        )
-        return self._head(hidden_states, temb, latents.shape)
+        return self.rope(positions, height, width), mask, self._layer_caches(cache, offset)
 
     def forward_cached(
         self,
-        cache: KVCache,
+        cache: KVCache | Sequence[KVCache],
         latents: torch.Tensor,
         timestep: torch.Tensor | float,
         audio_features: torch.Tensor,
@@ -694,12 +743,15 @@ class FlowDiT(ModelMixin, ConfigMixin):
         `timestep`: (B,) (or (B, k)). `audio_features`: this block's per-video-frame features, 1 + 4(k-1) frames
         for the stream's first block, else 4k. Leaves the cache's state unchanged (it only uses the scratch slots
         past the valid prefix). Returns v (B, C_out, k, h, w).
+
+        A list of caches (one per stream, at any window positions; all at their stream's first block or none): the
+        rows of `latents` are theirs in order, and each stream's rows get what they would alone.
         """
-        return self._cached_pass(cache, latents, timestep, audio_features, drop_audio, cache.stream_start)
+        return self._cached_pass(cache, latents, timestep, audio_features, drop_audio, _stream_start(cache))
 
     def update_cache(
         self,
-        cache: KVCache,
+        cache: KVCache | Sequence[KVCache],
         clean_latents: torch.Tensor,
         audio_features: torch.Tensor,
         drop_audio: torch.Tensor | None = None,
@@ -708,12 +760,36 @@ class FlowDiT(ModelMixin, ConfigMixin):
 
         When the window then holds `kv_window` frames, the cache resets to KV_r and the block is re-fed at window
         positions 0..k-1. The uncached equivalent of the blocks that follow is `forward(..., context_latents=...,
-        stream_start=False)` over a window whose first block is this re-fed block.
+        stream_start=False)` over a window whose first block is this re-fed block. A list of caches: as in
+        `forward_cached`; only the caches whose window is full re-feed (their rows alone).
         """
-        was_start, num_latent_frames = cache.stream_start, clean_latents.shape[2]
-        self._cached_pass(cache, clean_latents, 0.0, audio_features, drop_audio, was_start)
-        cache.advance(num_latent_frames)
-        if cache.is_full:  # reset to the references, re-feed the last block
-            cache.reset_window()
-            self._cached_pass(cache, clean_latents, 0.0, audio_features, drop_audio, was_start)
-            cache.advance(num_latent_frames)
+        caches, was_start, num_latent_frames = _as_list(cache), _stream_start(cache), clean_latents.shape[2]
+        self._cached_pass(caches, clean_latents, 0.0, audio_features, drop_audio, was_start)
+        for c in caches:
+            c.advance(num_latent_frames)
+        full = [i for i, c in enumerate(caches) if c.is_full]
+        if not full:
+            return
+        if len(full) < len(caches):  # the rows of the caches that reset
+            starts = [0, *itertools.accumulate(c.batch_size for c in caches)]
+            rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in full]).to(clean_latents.device)
+            clean_latents, audio_features = clean_latents[rows], audio_features[rows]
+            drop_audio = None if drop_audio is None else drop_audio[rows]
+        caches = [caches[i] for i in full]
+        for c in caches:  # reset to the references, re-feed the last block
+            c.reset_window()
+        self._cached_pass(caches, clean_latents, 0.0, audio_features, drop_audio, was_start)
+        for c in caches:
+            c.advance(num_latent_frames)
+
+
+def _as_list(cache: KVCache | Sequence[KVCache]) -> list[KVCache]:
+    return [cache] if isinstance(cache, KVCache) else list(cache)
+
+
+def _stream_start(cache: KVCache | Sequence[KVCache]) -> bool:
+    """Whether the next block is the streams' first (mask token, first-frame audio embedder): one answer for all."""
+    starts = {c.stream_start for c in _as_list(cache)}
+    if len(starts) != 1:
+        raise ValueError("A stream's first block runs apart from streams already under way; batch them separately.")
+    return starts.pop()

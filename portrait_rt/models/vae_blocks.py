@@ -57,8 +57,8 @@ class CausalConv3d(nn.Module):
     def forward(self, x: torch.Tensor, cache: Cache = None) -> tuple[torch.Tensor, Cache]:
         b, _, t, h, w = x.shape
         if self.time_pad == 0:
-            frames = x.transpose(1, 2).reshape(b * t, -1, h, w)  # (B*T, C, H, W)
-            y = F.conv2d(F.pad(frames, self.space_pad), self.conv.weight[:, :, 0], self.conv.bias)
+            frames = F.pad(x.transpose(1, 2).reshape(b * t, -1, h, w), self.space_pad)  # (B*T, C, H + 2, W + 2)
+            y = _conv(frames, self.conv.weight[:, :, 0], self.conv.bias)
             return y.view(b, t, -1, h, w).transpose(1, 2), None  # (B, C_out, T, H, W)
         # One copy: zero-pad space and the past together, then write the cached past frames in.
         pw, ph = self.space_pad[0], self.space_pad[2]
@@ -66,15 +66,29 @@ class CausalConv3d(nn.Module):
         if cache is not None:
             x[:, :, : self.time_pad, ph : ph + h, pw : pw + w] = cache
         new_cache = x[:, :, -self.time_pad :, ph : ph + h, pw : pw + w].clone()
-        eager_cpu = x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
-        if eager_cpu and torch.backends.mkldnn.is_available():
-            # PyTorch routes batch-1 conv3d with a small N*C*T*H to its slow native kernel; oneDNN is up to 4x
-            # faster there (same op `Conv3d` would pick for larger inputs, differentiable).
-            if self.conv.out_channels < 8:  # the RGB head: oneDNN is ~2x faster on channels-last input here
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            y = torch.ops.aten.mkldnn_convolution(x, self.conv.weight, self.conv.bias, [0] * 3, [1] * 3, [1] * 3, 1)
-            return y.contiguous(), new_cache
-        return self.conv(x), new_cache
+        if self.conv.out_channels < 8 and _on_onednn(x):  # the RGB head: oneDNN is ~2x faster on channels-last input
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return _conv(x, self.conv.weight, self.conv.bias), new_cache
+
+
+def _on_onednn(x: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+        and (torch.backends.mkldnn.is_available())
+    )
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """An unpadded 2D or 3D convolution. Eager float32 on the CPU always through oneDNN: PyTorch routes a small batch
+    (N*C*T*H) to its slow native kernel (oneDNN is up to 4x faster there; the same op `Conv3d` picks for larger
+    inputs, differentiable), which also rounds differently; oneDNN gives each sample the same result at any batch
+    size, so streams decoded batched in a group get exactly their frames alone."""
+    if _on_onednn(x):
+        n = x.ndim - 2
+        return torch.ops.aten.mkldnn_convolution(x, weight, bias, [0] * n, [1] * n, [1] * n, 1).contiguous()
+    return (F.conv3d if x.ndim == 5 else F.conv2d)(x, weight, bias)
 
 
 class CausalResBlock(nn.Module):
