@@ -37,9 +37,10 @@ import tempfile
 from pathlib import Path
 
 from portrait_rt.serving.protocol import parse_start
+from portrait_rt.serving.worker import StreamWorker, default_capacity
 from space.gate import LiveGate
 from space.panels import block_size_choices
-from space.session import Session, close, send_error
+from space.session import MAX_BACKLOG_S, Session, close, send_error
 
 STATIC = Path(__file__).parent / "static"
 ROUTE = "/live-rt"  # the WebSocket is ROUTE/ws, the client ROUTE/static/live.js, the gate's state ROUTE/status
@@ -57,11 +58,13 @@ def env_int(name: str, default: int) -> int:
 
 
 class LiveServer:
-    """The WebSocket endpoint: one `pipe` stream per socket (a `Session`), admitted by a `LiveGate`."""
+    """The WebSocket endpoint: one stream per socket (a `Session`), admitted by a `LiveGate` to the `StreamWorker`
+    that runs them all batched; `capacity` streams at once (default: the worker's, measured per device)."""
 
-    def __init__(self, pipe, capacity: int, max_waiting: int = 8, time_limit_s: float = 120.0):
+    def __init__(self, pipe, capacity: int | None = None, max_waiting: int = 8, time_limit_s: float = 120.0):
         self.pipe = pipe
-        self.gate = LiveGate(capacity, max_waiting)
+        self.worker = StreamWorker(pipe, capacity, max_backlog_s=MAX_BACKLOG_S)
+        self.gate = LiveGate(self.worker.capacity, max_waiting)
         self.time_limit_s = time_limit_s
         self.sessions_started = 0
 
@@ -100,7 +103,7 @@ class LiveServer:
         except (asyncio.TimeoutError, WebSocketDisconnect):
             await close(ws)
             return
-        await Session(ws, request, self.pipe, self.time_limit_s).run(self.gate, on_admitted=self._count)
+        await Session(ws, request, self.worker, self.time_limit_s).run(self.gate, on_admitted=self._count)
 
     def _count(self) -> None:
         self.sessions_started += 1
@@ -115,12 +118,11 @@ def default_block_size(pipe) -> int:
 
 
 def server_from_env(pipe, time_limit_s: float) -> LiveServer:
-    """The app's `LiveServer`: `PORTRAIT_RT_REALTIME_STREAMS` at once (default: 1 on a CPU, 4 on a GPU) and
-    `PORTRAIT_RT_REALTIME_WAITING` in line (default 8)."""
-    default = 4 if pipe.device.type == "cuda" else 1
+    """The app's `LiveServer`: `PORTRAIT_RT_REALTIME_STREAMS` at once (default: `default_capacity`, measured per
+    device: 3 on a 2-core CPU) and `PORTRAIT_RT_REALTIME_WAITING` in line (default 8)."""
     return LiveServer(
         pipe,
-        capacity=env_int("PORTRAIT_RT_REALTIME_STREAMS", default),
+        capacity=env_int("PORTRAIT_RT_REALTIME_STREAMS", default_capacity(pipe)),
         max_waiting=env_int("PORTRAIT_RT_REALTIME_WAITING", 8),
         time_limit_s=time_limit_s,
     )

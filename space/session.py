@@ -1,6 +1,7 @@
 """One live conversation over one WebSocket (`Session`): it waits for its slot, then feeds the audio that arrives
-(`Inbox`) into its own pipeline stream and sends each block back as soon as it is made, until stop, the time limit,
-silence, or a backlog too long to be real time; whatever it held is freed when it ends."""
+(`Inbox`) into its own stream on the server's batched worker (`portrait_rt.serving.worker`: the sessions admitted run
+in one stream group) and sends each block back as soon as it is made, until stop, the time limit, silence, or a
+backlog too long to be real time; whatever it held is freed when it ends."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from portrait_rt.constants import SAMPLE_RATE
 from portrait_rt.serving.protocol import LiveRequest, pack_block
+from portrait_rt.serving.worker import EMPTY, StreamWorker
 from space.gate import LiveGate, LiveRefused
 
 logger = logging.getLogger(__name__)
@@ -47,10 +49,10 @@ class Inbox:
 
 
 class Session:
-    """One browser tab's live stream on socket `ws`: its own `pipe` stream, admitted by a `LiveGate`."""
+    """One browser tab's live stream on socket `ws`: its own stream on `worker`, admitted by a `LiveGate`."""
 
-    def __init__(self, ws, request: LiveRequest, pipe, time_limit_s: float):
-        self.ws, self.request, self.pipe, self.time_limit_s = ws, request, pipe, time_limit_s
+    def __init__(self, ws, request: LiveRequest, worker: StreamWorker, time_limit_s: float):
+        self.ws, self.request, self.worker, self.time_limit_s = ws, request, worker, time_limit_s
         self.inbox = Inbox()
         self.admitted = asyncio.Event()
 
@@ -110,49 +112,59 @@ class Session:
                 self.inbox.stop()
 
     async def _stream(self) -> None:
-        """Audio from the inbox -> blocks sent back, until stop, the time limit, silence of the socket or a backlog."""
-        ws, pipe, inbox, rate = self.ws, self.pipe, self.inbox, self.request.sample_rate
-        stream = await in_thread(pipe.start_stream, list(self.request.references), **self.request.settings)
-        await ws.send_json(
-            {
-                "type": "ready",
-                "block_frames": int(stream.group.position.block_video_frames(1)),
-                "time_limit_s": self.time_limit_s,
-                "sample_rate": SAMPLE_RATE,
-            }
+        """Audio from the inbox -> the worker; its blocks sent back as they come, until stop, the time limit, silence
+        of the socket, or a backlog (the worker ends the session saying why)."""
+        ws, inbox, rate = self.ws, self.inbox, self.request.sample_rate
+        loop, made = asyncio.get_running_loop(), asyncio.Event()
+        live = self.worker.open(
+            list(self.request.references), notify=lambda: loop.call_soon_threadsafe(made.set), **self.request.settings
         )
-        received, limit, reason = 0, int(self.time_limit_s * rate), "stopped"
+        try:
+            await ws.send_json(
+                {
+                    "type": "ready",
+                    "block_frames": live.block_frames,
+                    "time_limit_s": self.time_limit_s,
+                    "sample_rate": SAMPLE_RATE,
+                }
+            )
+            sender = asyncio.create_task(self._send_blocks(live, made))
+            received, limit, reason = 0, int(self.time_limit_s * rate), "stopped"
+            while not live.ended:
+                try:
+                    samples, stop = await asyncio.wait_for(inbox.take_all(), IDLE_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    reason = f"no audio for {IDLE_TIMEOUT_S:.0f} s (is the microphone on?)"
+                    break
+                if received + samples.size >= limit:
+                    samples, stop, reason = (
+                        samples[: limit - received],
+                        True,
+                        f"time limit ({self.time_limit_s:.0f} s)",
+                    )
+                received += samples.size
+                live.push(samples, rate)
+                if stop:
+                    break
+            live.close()  # the last blocks, then the end
+            await sender
+            if live.error is not None:
+                raise live.error
+            if live.end_reason != "stopped":
+                reason = live.end_reason
+            await ws.send_json({"type": "ended", "reason": reason, "audio_s": round(received / rate, 2)})
+        finally:
+            live.cancel()  # the socket went or something failed: free the stream now (nothing if it ended)
+
+    async def _send_blocks(self, live, made: asyncio.Event) -> None:
+        """Each record of `live` as it comes (JPEG-encoded in a worker thread), until the session ends."""
         while True:
-            try:
-                samples, stop = await asyncio.wait_for(inbox.take_all(), IDLE_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                reason = f"no audio for {IDLE_TIMEOUT_S:.0f} s (is the microphone on?)"
-                break
-            if received + samples.size >= limit:
-                samples, stop, reason = samples[: limit - received], True, f"time limit ({self.time_limit_s:.0f} s)"
-            received += samples.size
-            if samples.size:
-                await self._send_blocks(lambda s=samples: pipe.feed(stream, s, rate))
-            backlog = inbox.samples / rate
-            if backlog > MAX_BACKLOG_S:
-                reason = f"the server fell {backlog:.1f} s behind the microphone (too busy); try again later"
-                break
-            if stop:
-                break
-        await self._send_blocks(lambda: pipe.flush(stream))
-        await ws.send_json({"type": "ended", "reason": reason, "audio_s": round(received / rate, 2)})
-
-    async def _send_blocks(self, blocks) -> None:
-        """Run `blocks()` (an iterator of `BlockRecord`s) in a worker thread, a block at a time (JPEG-encoded there),
-        sending each as soon as it is made."""
-        records = iter(blocks())  # a generator: nothing runs until the first `next`
-        while (message := await in_thread(_next_packed, records)) is not None:
-            await self.ws.send_bytes(message)
-
-
-def _next_packed(records) -> bytes | None:
-    record = next(records, None)
-    return None if record is None else pack_block(record)
+            await made.wait()
+            made.clear()
+            while (record := live.poll()) is not EMPTY:
+                if record is None:
+                    return
+                await self.ws.send_bytes(await in_thread(pack_block, record))
 
 
 async def in_thread(fn, *args, **kwargs):

@@ -65,7 +65,7 @@ def test_run_settings_are_one_object_built_once(tiny_pipe, portraits):
     assert (settings.block_size, settings.kv_window) == (2, 8)  # the tiny transformer's own
     assert settings == tiny_pipe.stream_settings(StreamSettings(guidance_audio=3.0), num_inference_steps=1)
     group = tiny_pipe.start_streams([portraits[:1]], settings=settings)
-    assert group.settings is settings and group.position.block_size == 2 and group.kv_cache.block_size == 2
+    assert group.settings is settings and group.position.block_size == 2 and group.streams[0].kv_cache.block_size == 2
     assert tiny_pipe.start_stream(portraits[:1], guidance_audio=3.0, num_inference_steps=1).group.settings == settings
     with pytest.raises(TypeError, match="align_face.*guidance_audio"):
         tiny_pipe.start_stream(portraits[:1], align_face=True)

@@ -241,11 +241,10 @@ def test_parse_start_writes_references_for_the_pipelines_own_checks(tiny_pipe, p
 
 
 def test_a_failure_mid_stream_is_told_and_frees_the_slot(tiny_pipe, portraits, monkeypatch):
-    def broken_feed(stream, samples, rate):
+    def broken_feed_group(group, chunks, lockstep=True):  # the worker's batched step
         raise RuntimeError("out of memory")
-        yield
 
-    monkeypatch.setattr(tiny_pipe, "feed", broken_feed)
+    monkeypatch.setattr(tiny_pipe, "feed_group", broken_feed_group)
     live = LiveServer(tiny_pipe, capacity=1, max_waiting=1)
     with TestClient(Starlette(routes=live.routes())) as client, client.websocket_connect("/live-rt/ws") as ws:
         ws.send_json(_start(portraits))
