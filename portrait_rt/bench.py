@@ -29,7 +29,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--no-guidance", action="store_true", help="guidance 1/1: a single CFG row")
     parser.add_argument("--guidance", type=float, default=2.0, help="audio and reference guidance scale")
-    parser.add_argument("--block-size", type=int, default=None)
+    parser.add_argument("--block-size", type=int, default=None, help="latent frames per block (default: the model's)")
     parser.add_argument("--streams", type=int, default=1, help="concurrent streams (their blocks batched)")
     parser.add_argument("--blocks", type=int, default=8, help="measured blocks per stream (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up blocks per stream")

@@ -73,3 +73,12 @@ def test_app_help_shows_every_default():
     assert out.returncode == 0, out.stderr
     assert "($GRADIO_SERVER_PORT) (default: 7860)" in text and "($GRADIO_SERVER_NAME) (default: 127.0.0.1)" in text
     assert "an error (pass preset:tiny" not in text and "preset:tiny (random weights)" in text  # the app falls back
+
+
+def test_generates_options_without_a_value_say_what_they_default_to():
+    """An option whose default is None (the model's block size, half the cores, ...) says what that means."""
+    parser = ArgumentParser(prog="generate")
+    import_module(SUBCOMMANDS["generate"][0]).add_cli_arguments(parser)
+    for action in parser._actions:
+        if action.option_strings and action.default is None and not action.required:
+            assert "default" in (action.help or ""), f"generate --help: {action.option_strings[0]} says no default"
