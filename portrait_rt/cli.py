@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("portrait_rt.training.export", "write a complete pipeline folder from trained checkpoints"),
     "eval": ("portrait_rt.eval.cli", "offline metrics: lip-sync, reconstruction, drift; a model's report"),
     "bench": ("portrait_rt.bench", "streaming speed benchmark (JSON)"),
+    "serve": ("portrait_rt.serving.ray_app", "live sessions on a Ray Serve cluster (the Space's live WebSocket)"),
 }
 
 
