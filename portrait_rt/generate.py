@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+import warnings
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,28 +22,50 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "--block-size", type=int, default=None, help="latent frames per block, 1-4 (default: the model's block_size)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-align",
+        action="store_true",
+        help="centre-crop each reference instead of finding its face and cropping it to the framing the model was "
+        "trained on",
+    )
+    parser.add_argument(
+        "--crop",
+        action="store_true",
+        help="write the model's square crop instead of the photo with the animated face pasted back",
+    )
 
 
 def cli_main(args: argparse.Namespace) -> int:
     import torch
 
     from portrait_rt.constants import FPS
+    from portrait_rt.faces import NoFaceFoundWarning
     from portrait_rt.loading import load_from_args
     from portrait_rt.video import write_video
 
     pipe, _ = load_from_args(args)
     start = time.perf_counter()
-    out = pipe(
-        reference_images=args.ref,
-        audio=args.audio,
-        guidance_audio=args.guidance_audio,
-        guidance_reference=args.guidance_reference,
-        num_inference_steps=args.steps,
-        block_size=args.block_size,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NoFaceFoundWarning)
+        out = pipe(
+            reference_images=args.ref,
+            audio=args.audio,
+            guidance_audio=args.guidance_audio,
+            guidance_reference=args.guidance_reference,
+            num_inference_steps=args.steps,
+            block_size=args.block_size,
+            generator=torch.Generator().manual_seed(args.seed),
+            align_faces=not args.no_align,
+            paste_back=not args.crop,
+        )
+    for warning in caught:
+        if issubclass(warning.category, NoFaceFoundWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     seconds = time.perf_counter() - start
     path = write_video(args.out, out.frames, out.audio, out.sample_rate)
     n = out.frames.shape[0]
-    print(f"wrote {path} ({n} frames, {n / FPS:.2f} s of video in {seconds:.2f} s: {n / seconds:.1f} FPS)")
+    size = f"{out.frames.shape[2]}x{out.frames.shape[1]}"
+    print(f"wrote {path} ({n} frames of {size}, {n / FPS:.2f} s of video in {seconds:.2f} s: {n / seconds:.1f} FPS)")
     return 0

@@ -202,3 +202,24 @@ def test_alignment_objects_are_accepted_as_references(tiny_pipe):
     a = align_face(PHOTO, tiny_pipe.resolution)
     stream = tiny_pipe.start_stream([a])
     assert stream.alignments[0] is a and isinstance(stream.alignments[0], FaceAlignment)
+
+
+@pytest.mark.slow
+def test_generate_writes_the_photo_or_the_crop_and_says_when_there_is_no_face(tmp_path, capsys):
+    """The CLI on the bundled model: the photo's size by default, the model's square with --crop; a picture without
+    a face says so on stderr and still makes its video."""
+    from portrait_rt.cli import main
+    from portrait_rt.loading import BUNDLED_MODEL
+    from portrait_rt.video import probe
+
+    speech = str(Path(__file__).resolve().parents[1] / "assets" / "examples" / "speech_b.wav")
+    base = ["generate", "--model", str(BUNDLED_MODEL), "--threads", "1", "--audio", speech, "--steps", "2"]
+    assert main([*base, "--ref", str(PHOTO), "--out", str(tmp_path / "photo.mp4")]) == 0
+    assert probe(tmp_path / "photo.mp4")["size"] == (512, 600)
+    assert main([*base, "--ref", str(PHOTO), "--crop", "--out", str(tmp_path / "crop.mp4")]) == 0
+    assert probe(tmp_path / "crop.mp4")["size"] == (128, 128)
+    capsys.readouterr()
+    Image.fromarray(landscape()).save(tmp_path / "landscape.png")
+    assert main([*base, "--ref", str(tmp_path / "landscape.png"), "--out", str(tmp_path / "land.mp4")]) == 0
+    assert "warning: Reference 1: no face found" in capsys.readouterr().err
+    assert probe(tmp_path / "land.mp4")["size"] == (128, 128)

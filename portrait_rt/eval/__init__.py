@@ -1,4 +1,5 @@
-"""Offline metrics (no downloaded weights): mouth opening, lip-sync, PSNR/SSIM per reference count, drift."""
+"""Offline metrics (no downloaded weights): mouth opening (the cartoons' colour key, and the darkening of any face's
+mouth), lip-sync, PSNR/SSIM per reference count, drift."""
 
 from .metrics import (
     background_drift,
@@ -9,6 +10,7 @@ from .metrics import (
     reconstruction_by_references,
     reconstruction_metrics,
 )
+from .mouth import mouth_darkening
 from .report import evaluate_video, lipsync_report, plot_report, validate_metrics, write_report
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "lipsync_from_opening",
     "lipsync_report",
     "lipsync_score",
+    "mouth_darkening",
     "mouth_opening",
     "pearson",
     "plot_report",

@@ -18,7 +18,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     add_report_arguments(sub.add_parser("report", help=report_help, description=report_help))
     parser.add_argument("--video", help="talking video to evaluate (mp4 with its audio track)")
     parser.add_argument("--audio", help="speech to sync against (default: the video's own audio track)")
-    parser.add_argument("--reference", help="reference image (or video: its first frame) for background drift")
+    parser.add_argument(
+        "--reference",
+        help="reference image (or video: its first frame) for background drift and the closed mouth of the darkening "
+        "measure (default for that: the video's first frame; either in the training framing, e.g. `generate --crop`)",
+    )
     parser.add_argument("--target", help="ground-truth video for PSNR/SSIM")
     parser.add_argument(
         "--box",
@@ -73,6 +77,6 @@ def cli_main(args: argparse.Namespace) -> int:
         target = read_video(args.target)[0]
     report = evaluate_video(frames, audio, sample_rate, reference, target, args.box)
     paths = write_report(report, args.out)
-    headline = {k: report[k] for k in ("lipsync", "drift", "reconstruction") if k in report}
+    headline = {k: report[k] for k in ("lipsync", "lipsync_darkening", "drift", "reconstruction") if k in report}
     print(json.dumps({**headline, "report": str(paths["json"]), "plot": str(paths["png"])}, indent=1))
     return 0

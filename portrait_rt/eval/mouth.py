@@ -10,8 +10,9 @@ aligned crop the model sees). Per frame:
    does not count as a change;
 3. the mean, over the mouth box, of how far each pixel is darker than that: `mouth_darkening` (0..1 of full scale).
 
-Validated on held-out synthetic clips against the renderer's ground-truth opening (`validate_mouth_darkening`):
-Pearson r 0.97 mean, 0.90 worst, on 10 eval clips of 4 s whose heads move (r of the colour key: 0.996).
+Validated on held-out synthetic clips against the renderer's ground-truth opening (`python -m portrait_rt eval
+--validate N`, `darkening_r_*`), each against a closed-mouth render of its first frame: Pearson r 0.97 mean, 0.90
+worst on 10 eval clips of 4 s whose heads move as in the corpus (the colour key: 0.996 / 0.994).
 """
 
 from __future__ import annotations
@@ -55,28 +56,3 @@ def mouth_darkening(
         luma = frames[start : start + CHUNK_FRAMES, y0:y1, x0:x1].astype(np.float32) @ LUMA  # (t, h, w)
         out[start : start + len(luma)] = np.maximum(floor - luma, 0).mean(axis=(1, 2)) / 255.0
     return out
-
-
-def validate_mouth_darkening(num_clips: int = 10, resolution: int = 128, duration: float = 4.0, seed: int = 0) -> dict:
-    """Pearson r of `mouth_darkening` with the renderer's ground-truth opening on held-out clips (split="eval",
-    heads moving as they do in the corpus), each measured against a closed-mouth render of its first frame; the
-    colour key's r on the same clips beside it."""
-    from portrait_rt.data.synthetic import render_clip
-    from portrait_rt.eval.metrics import mouth_opening, pearson
-
-    darkening_r, key_r = [], []
-    for s in range(seed, seed + num_clips):
-        clip = render_clip(s, resolution, duration, split="eval")
-        closed = render_clip(s, resolution, duration, split="eval", audio=np.zeros_like(clip.audio)).frames[0]
-        truth = clip.meta["mouth_open"]
-        darkening_r.append(pearson(mouth_darkening(clip.frames, closed), truth))
-        key_r.append(pearson(mouth_opening(clip.frames), truth))
-    return {
-        "clips": num_clips,
-        "resolution": resolution,
-        "duration_s": duration,
-        "darkening_r_mean": float(np.mean(darkening_r)),
-        "darkening_r_min": float(np.min(darkening_r)),
-        "colour_key_r_mean": float(np.mean(key_r)),
-        "colour_key_r_min": float(np.min(key_r)),
-    }

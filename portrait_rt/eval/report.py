@@ -16,6 +16,7 @@ from .metrics import (
     pearson,
     reconstruction_metrics,
 )
+from .mouth import mouth_darkening
 
 
 def evaluate_video(
@@ -26,9 +27,15 @@ def evaluate_video(
     target: np.ndarray | None = None,
     box=None,
 ) -> dict:
-    """All offline metrics of one talking video: lip-sync always; background drift against `reference` (H, W, 3)
-    when given (`box`: the person box to exclude); PSNR/SSIM against `target` frames when given."""
+    """All offline metrics of one talking video: lip-sync always, by the colour key (`lipsync`: the cartoons'
+    mouth colour) and by the mouth's darkening against `reference` or the first frame (`lipsync_darkening`: any
+    face, frames in the training framing: the model's square crops); background drift against `reference`
+    (H, W, 3) when given (`box`: the person box to exclude); PSNR/SSIM against `target` frames when given."""
     report = lipsync_report(mouth_opening(frames), audio, sample_rate)
+    closed = reference if reference is not None and reference.shape == frames.shape[1:] else frames[0]
+    darkening = lipsync_report(mouth_darkening(frames, closed), audio, sample_rate)
+    report["lipsync_darkening"] = darkening["lipsync"]
+    report["mouth_darkening"] = darkening["mouth_measured"]
     if reference is not None:
         report["drift"] = background_drift(frames, reference, box)
     if target is not None:
@@ -102,7 +109,8 @@ def validate_metrics(num_clips: int = 6, resolution: int = 128, duration: float 
     """The metrics' validation on ground-truth renders of the eval split (held-out voices and identities):
 
     mouth_r: Pearson r of `mouth_opening` with the true opening (also after a Gaussian blur of 1 px and a colour
-    shift); lipsync_r/offset on the true audio; mismatched_r: lip-sync of each clip against the next clip's audio.
+    shift); darkening_r: that of `mouth_darkening` (any face), against a closed-mouth render of the clip's first frame;
+    lipsync_r/offset on the true audio; mismatched_r: lip-sync of each clip against the next clip's audio.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -111,10 +119,13 @@ def validate_metrics(num_clips: int = 6, resolution: int = 128, duration: float 
     if num_clips < 2:
         raise ValueError("validate_metrics needs num_clips >= 2 (mismatched pairs)")
     clips = [render_clip(seed + i, resolution, duration, split="eval") for i in range(num_clips)]
-    mouth_r, degraded_r, sync_r, offsets, mismatched_r, mismatched_r0 = [], [], [], [], [], []
+    mouth_r, degraded_r, sync_r, offsets, mismatched_r, mismatched_r0, darkening_r = [], [], [], [], [], [], []
     for i, clip in enumerate(clips):
         truth = clip.meta["mouth_open"]
         mouth_r.append(pearson(mouth_opening(clip.frames), truth))
+        silent = np.zeros_like(clip.audio)  # the same identity and head motion, the mouth closed
+        closed = render_clip(seed + i, resolution, duration, split="eval", audio=silent).frames[0]
+        darkening_r.append(pearson(mouth_darkening(clip.frames, closed), truth))
         degraded = gaussian_filter(clip.frames.astype(np.float32), (0, 1.0, 1.0, 0)) + np.array([12.0, -10.0, 8.0])
         degraded_r.append(pearson(mouth_opening(np.clip(degraded, 0, 255)), truth))
         s = lipsync_score(clip.frames, clip.audio, clip.sample_rate)
@@ -130,6 +141,8 @@ def validate_metrics(num_clips: int = 6, resolution: int = 128, duration: float 
         "mouth_r_min": float(np.min(mouth_r)),
         "mouth_r_mean": float(np.mean(mouth_r)),
         "mouth_r_blur_shift_min": float(np.min(degraded_r)),
+        "darkening_r_min": float(np.min(darkening_r)),
+        "darkening_r_mean": float(np.mean(darkening_r)),
         "lipsync_r_min": float(np.min(sync_r)),
         "lipsync_r_mean": float(np.mean(sync_r)),
         "lipsync_offsets": offsets,
