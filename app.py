@@ -44,7 +44,7 @@ from PIL import Image
 
 from portrait_rt.cli import ArgumentParser
 from portrait_rt.constants import SAMPLE_RATE
-from portrait_rt.eval.metrics import mouth_opening
+from portrait_rt.eval import mouth_darkening, mouth_opening
 from portrait_rt.fast_path import aoti_compile_repeated_blocks
 from portrait_rt.loading import ModelChoice, add_model_arguments, load_from_args
 from portrait_rt.video import VideoWriter
@@ -107,9 +107,13 @@ class Generated:
     """What File/Compare keep of a generation: never the frames (they go to the mp4 block by block)."""
 
     audio: np.ndarray  # the model-rate audio that drove the video
-    mouth: np.ndarray  # mouth opening measured per frame, for the lip-sync plot
+    mouth: np.ndarray  # the colour key's mouth opening per frame (the cartoons' mouth colour), for the lip-sync plot
+    darkening: np.ndarray | None  # the mouth box's darkening per frame (any face); None: no face, not measured
     timings: list
     num_frames: int
+
+
+RESULTS = ("Photo (face pasted back)", "Square crop (the model's frame)")  # File mode's result toggle
 
 
 class Handlers:
@@ -120,33 +124,52 @@ class Handlers:
     def __init__(self, pipe: PortraitRTPipeline) -> None:
         self.pipe = pipe
 
-    def _generate(self, refs, audio, guidance_audio, guidance_reference, steps, seed, block_size, name, session=None):
+    def _generate(
+        self,
+        refs,
+        audio,
+        guidance_audio,
+        guidance_reference,
+        steps,
+        seed,
+        block_size,
+        name,
+        session=None,
+        paste_back=True,
+    ):
         """One offline generation -> (mp4 path, `Generated`), in memory that does not grow with the clip: each block
-        goes to the mp4 writer and the lip-sync measure as it is made. `session`: the Gradio session whose folder it
-        goes to."""
+        goes to the mp4 writer and the lip-sync measures as it is made (on the model's square crop, whatever is
+        written). `session`: the Gradio session whose folder it goes to; `paste_back`: write the photo with the face
+        pasted back (else the square crop)."""
         speech = load_speech(audio, limits.MAX_AUDIO_S)
         with user_errors("Seed"):
             generator = make_generator(seed)
+        references = collect_references(*refs, resolution=self.pipe.resolution)  # each aligned on its face, once
+        closed = references[0].crop if references[0].in_training_framing else None  # the mouth measure's reference
         with user_errors():
             blocks = self.pipe.generate_blocks(
-                reference_images=collect_references(*refs, resolution=self.pipe.resolution),
+                reference_images=references,
                 audio=speech,
                 guidance_audio=float(guidance_audio),
                 guidance_reference=float(guidance_reference),
                 num_inference_steps=int(steps),
                 generator=generator,
                 block_size=None if block_size is None else int(block_size),
+                paste_back=paste_back,
             )
             path = Path(tempfile.mkdtemp(dir=limits.session_folder(OUTPUTS.name, session))) / f"{name}.mp4"
-            audio_parts, mouth, timings = [], [], []
+            audio_parts, mouth, darkening, timings = [], [], [], []
             with VideoWriter(path) as writer:
                 for record in blocks:
                     writer.write(record.frames, record.audio)
                     audio_parts.append(record.audio)
-                    mouth.append(mouth_opening(record.frames))
+                    mouth.append(mouth_opening(record.crop))
+                    if closed is not None:
+                        darkening.append(mouth_darkening(record.crop, closed))
                     timings.append(record.timing)
         mouth = np.concatenate(mouth)
-        return path, Generated(np.concatenate(audio_parts), mouth, timings, len(mouth))
+        darkening = np.concatenate(darkening) if closed is not None else None
+        return path, Generated(np.concatenate(audio_parts), mouth, darkening, timings, len(mouth))
 
     def generate(
         self,
@@ -159,11 +182,13 @@ class Handlers:
         steps: int = 12,
         seed: int = 0,
         block_size: int | None = None,
+        result: str = RESULTS[0],
         request: gr.Request = None,
         progress=gr.Progress(track_tqdm=True),
     ) -> tuple[str, str | None, str]:
         """Make a talking-portrait video: the portrait in reference_1 says the speech in speech_audio (an mp4 with the
-        speech as its audio track, 25 fps, at the model's resolution).
+        speech as its audio track, 25 fps: the photo with its face found, animated and pasted back, or the model's
+        square crop).
 
         Args:
             reference_1: The portrait to animate: an image file (PNG, JPEG, WebP, ...), a face seen from the front.
@@ -175,6 +200,8 @@ class Handlers:
             steps: Denoising steps per block, 1 to 50 (12 in the paper); fewer is faster and rougher.
             seed: Random seed, a whole number from 0 to 2147483647; the same seed and inputs give the same video.
             block_size: Latent frames per block (1 = 4 video frames): smaller is lower latency, larger is faster.
+            result: "Photo (face pasted back)" (the photo's own size, up to 1024 px) or "Square crop (the model's
+                frame)" (the model's resolution).
 
         Returns:
             The mp4 video with the speech, the lip-sync plot (PNG; None for a very short clip), a speed readout.
@@ -182,9 +209,18 @@ class Handlers:
         refs = (reference_1, reference_2, reference_3)
         session = request.session_hash if request is not None else None
         path, out = self._generate(
-            refs, speech_audio, guidance_audio, guidance_reference, steps, seed, block_size, "portrait-rt", session
+            refs,
+            speech_audio,
+            guidance_audio,
+            guidance_reference,
+            steps,
+            seed,
+            block_size,
+            "portrait-rt",
+            session,
+            paste_back=result != RESULTS[1],
         )
-        plot, sync = lipsync_plot(out.mouth, out.audio, path.parent)
+        plot, sync = lipsync_plot(out.mouth, out.audio, path.parent, out.darkening)
         return str(path), plot and str(plot), f"{speed_readout(out.timings, out.num_frames)}\n\n{sync}"
 
     def compare(
@@ -227,10 +263,10 @@ class Handlers:
         settings = (("A", guidance_audio_a, guidance_reference_a), ("B", guidance_audio_b, guidance_reference_b))
         for name, la, lr in settings:
             progress(len(results) / 2.2, desc=f"Setting {name}")
-            path, out = self._generate(
-                refs, speech_audio, la, lr, steps, seed, block_size, f"setting-{name.lower()}", session
+            path, out = self._generate(  # the square crops: the two settings side by side at the model's size
+                refs, speech_audio, la, lr, steps, seed, block_size, f"setting-{name.lower()}", session, False
             )
-            r = lipsync_r(out.mouth, out.audio)
+            r = lipsync_r(out.mouth, out.audio, out.darkening)
             sync = "lip-sync r " + ("not measured (too short)" if r is None else f"{r:.2f}")
             results.append((path, out, f"{name}: λa {float(la):g}, λr {float(lr):g}", sync))
         progress(2 / 2.2, desc="Side by side")
@@ -279,6 +315,7 @@ class Handlers:
                         num_inference_steps=int(steps),
                         generator=make_generator(seed),
                         block_size=int(block_size),
+                        paste_back=False,  # live segments at the model's size: less to encode and send per block
                     )
             except gr.Error:
                 session.fail()  # this recording's audio must not leak into the next stream
@@ -403,6 +440,14 @@ def build_demo(pipe: PortraitRTPipeline, choice: ModelChoice) -> gr.Blocks:
                                 file_audio = gr.Audio(
                                     sources=["upload"], type="filepath", label="Speech audio", elem_id="file-audio"
                                 )
+                                file_result = gr.Radio(
+                                    list(RESULTS),
+                                    value=RESULTS[0],
+                                    label="Result",
+                                    info="A photo: the face is found, animated and pasted back into the photo; or "
+                                    "the square the model makes.",
+                                    elem_id="file-result",
+                                )
                                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                             file_video = gr.Video(
                                 label="Generated video",
@@ -420,7 +465,8 @@ def build_demo(pipe: PortraitRTPipeline, choice: ModelChoice) -> gr.Blocks:
                             [[str(EXAMPLES / f"portrait_{c}.png"), str(EXAMPLES / f"speech_{c}.wav")] for c in "abc"]
                             + [[str(PREVIEW / "photo.jpg"), str(EXAMPLE_SPEECH)]],
                             inputs=[ref1, file_audio],
-                            label="More examples (the last is a real photograph: the mouth comes out a cartoon's)",
+                            label="More examples (the last is a real photograph as uploaded: its face is found and "
+                            "pasted back; the mouth comes out a cartoon's)",
                             cache_examples=False,
                         )
                     with gr.Tab("Compare", id="compare"):
@@ -518,7 +564,7 @@ def build_demo(pipe: PortraitRTPipeline, choice: ModelChoice) -> gr.Blocks:
         # Reference 1 and the speech first: the API's (and MCP tools') required inputs, then the optional ones.
         file_job = dict(
             fn=generate,
-            inputs=[ref1, file_audio, ref2, ref3] + settings,
+            inputs=[ref1, file_audio, ref2, ref3] + settings + [file_result],
             outputs=[file_video, file_plot, file_readout],
             concurrency_limit=1,
             concurrency_id="offline",

@@ -181,18 +181,30 @@ def crop_square(photo: np.ndarray, box: tuple[int, int, int], resolution: int) -
     return np.asarray(square.resize((resolution, resolution), Image.Resampling.LANCZOS), dtype=np.uint8)
 
 
+def no_face_message(name: str = "Reference", hint: str = "") -> str:
+    """What a user is told about the reference `name` in which no face was found (`hint`: how to turn the search off
+    where they can)."""
+    return (
+        f"{name}: no face found (the detector looks for an upright, frontal face at least {MIN_FACE:.0%} of the "
+        "picture's short side); the centre of the picture is used instead, so the mouth may not be where the model "
+        f"paints it. Upload a photo with the face clearly visible{hint}."
+    )
+
+
 def align_face(
     image,
     resolution: int,
     align: bool = True,
     require_face: bool = False,
     name: str = "Reference",
+    warn: bool = True,
     framing: TrainingFraming = TRAINING_FRAMING,
 ) -> FaceAlignment:
     """One reference (path, PIL image or array) -> `FaceAlignment`, its crop framed as the training corpus.
 
-    `align=False`: the centre crop, no search. No face found: `NoFaceFoundWarning` (naming the reference as `name`)
-    and the centre crop, or `NoFaceFoundError` with `require_face`. A FaceAlignment at this resolution passes through.
+    `align=False`: the centre crop, no search. No face found: `NoFaceFoundWarning` (naming the reference as `name`;
+    `warn=False`: none, the caller tells its user itself from `framing`) and the centre crop, or `NoFaceFoundError`
+    with `require_face`. A FaceAlignment at this resolution passes through.
     """
     if isinstance(image, FaceAlignment) and image.crop.shape[0] == resolution:
         return image
@@ -206,16 +218,11 @@ def align_face(
     else:
         side = min(h, w)
         box, kind = ((w - side) // 2, (h - side) // 2, side), "centre"
-        if align:
-            message = (
-                f"{name}: no face found (the detector looks for an upright, frontal face at least "
-                f"{MIN_FACE:.0%} of the picture's short side); the centre of the picture is used instead, so the "
-                "mouth may not be where the model paints it. Upload a photo with the face clearly visible, or turn "
-                "face alignment off to use the centre crop on purpose."
-            )
-            if require_face:
-                raise NoFaceFoundError(message)
-            warnings.warn(message, NoFaceFoundWarning, stacklevel=2)
+        if align and require_face:
+            raise NoFaceFoundError(no_face_message(name))
+        if align and warn:
+            hint = ", or pass align_faces=False (--no-align) to use the centre crop on purpose"
+            warnings.warn(no_face_message(name, hint), NoFaceFoundWarning, stacklevel=2)
     return FaceAlignment(photo, crop_square(photo, box, resolution), box, kind, face)
 
 

@@ -77,12 +77,16 @@ class BlockRecord:
     audio: np.ndarray  # float32 (n * SAMPLES_PER_FRAME,) at 16 kHz
     first_frame: int  # the stream's index of frames[0]: the block starts first_frame / FPS seconds in
     timing: BlockTiming
-    crop: np.ndarray | None = None  # uint8 (n, res, res, 3): the model's own frames
+    crop: np.ndarray | None = None  # uint8 (n, res, res, 3): the model's own frames (None: they are `frames`)
+
+    def __post_init__(self):
+        if self.crop is None:
+            self.crop = self.frames
 
     def trim(self, num_frames: int) -> None:
         """Keep the first `num_frames` frames (and their crops and audio)."""
         self.frames, self.audio = self.frames[:num_frames], self.audio[: num_frames * SAMPLES_PER_FRAME]
-        self.crop = None if self.crop is None else self.crop[:num_frames]
+        self.crop = self.crop[:num_frames]
 
 
 MAX_GUIDANCE = 20.0
@@ -299,8 +303,7 @@ class Stream:
         return bool(self.alignments) and self.alignments[0].in_training_framing
 
     def present(self, record: BlockRecord) -> BlockRecord:
-        """Fill a new record's `crop` with its frames and, with `paste_back`, its frames with the photo's."""
-        record.crop = record.frames
+        """With `paste_back`, a new record's frames become the photo's (its `crop` keeps the model's)."""
         if self.paste_back is not None:
             start = time.perf_counter()
             record.frames = self.paste_back(record.frames)

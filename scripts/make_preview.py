@@ -3,21 +3,25 @@
     OMP_NUM_THREADS=1 python scripts/make_preview.py [--model assets/portrait-rt-demo]
 
 Run it whenever the bundled model changes (a test fails until you do: it compares the model fingerprint recorded in
-`assets/preview/example.json` with the weights). It writes, in `assets/preview/`:
+`assets/preview/example.json` with the weights). Both go through the public path a visitor's upload takes
+(`space.examples.generate_example`: the face found and aligned, the result pasted back into a photo; no hand crop).
+It writes, in `assets/preview/`:
 
 - `example.mp4`, `example_lipsync.png`, `example.json`: the one-click example's result (portrait A + speech A at the
   Space's default settings) and its lip-sync plot and readout, which the Space plays instead of generating them;
 - `preview.webp`: the README's animated preview, without sound: a synthetic-cartoon reference and what the model
-  makes of it (what it was trained for), and a real photograph and what it makes of that (what it cannot do yet);
-- `photo.jpg` is the photograph's crop: Grace Hopper's official US Navy portrait (public domain), which matplotlib
-  ships as sample data.
+  makes of it (what it was trained for), and a real photograph as uploaded and what comes back (its face found,
+  animated and pasted back; the mouth painted in is a cartoon's);
+- `photo.jpg`: that photograph, as uploaded: Grace Hopper's official US Navy portrait (public domain), which
+  matplotlib ships as sample data (512 x 600).
 
-Nothing is downloaded. About 20 s on one CPU thread.
+Nothing is downloaded. About 30 s on one CPU thread.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -33,28 +37,37 @@ from space.examples import EXAMPLE_PORTRAIT, PREVIEW, generate_example, render_e
 
 PHOTO = PREVIEW / "photo.jpg"
 PREVIEW_FPS = 12.5  # every second video frame: half the file size, still reads as speech
-PREVIEW_PANEL_PX = 256  # each panel upscaled by a whole factor to at least this (128 px x 2)
+PREVIEW_PANEL_PX = 256  # each panel this high (the 128 px cartoon upscaled x2, the photo shrunk to it)
 
 
-def photo_portrait() -> Image.Image:
-    """Grace Hopper's portrait (matplotlib's sample data), cropped so the face fills the frame as in the corpus."""
+def photo_source() -> Path:
+    """Grace Hopper's portrait in matplotlib's sample data, 512 x 600."""
     from matplotlib import cbook
 
-    im = Image.open(cbook.get_sample_data("grace_hopper.jpg"))  # 512 x 600
-    return im.convert("RGB").crop((0, 10, 512, 522)).resize((256, 256), Image.LANCZOS)
+    return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 
 
-def reference_frames(path_or_image, size: int, length: int) -> np.ndarray:
-    im = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image).convert("RGB")
-    still = np.asarray(im.resize((size, size), Image.LANCZOS))
-    return np.broadcast_to(still, (length, *still.shape))
+def to_height(frames: np.ndarray, height: int) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> (T, height, W * height / H, 3): a whole-factor nearest upscale, or a Lanczos shrink."""
+    if height % frames.shape[1] == 0:
+        k = height // frames.shape[1]
+        return frames.repeat(k, axis=1).repeat(k, axis=2)
+    width = round(frames.shape[2] * height / frames.shape[1])
+    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.LANCZOS)) for f in frames])
+
+
+def still(path: Path, length: int) -> np.ndarray:
+    """A picture as `length` identical frames (T, H, W, 3)."""
+    image = np.asarray(Image.open(path).convert("RGB"))
+    return np.broadcast_to(image, (length, *image.shape))
 
 
 def write_preview(path: Path, panels: list[tuple[np.ndarray, list[str]]]) -> Path:
-    """Animated WebP of labelled panels side by side (every second frame, looped)."""
-    strips = [labelled_frames(frames, lines, PREVIEW_PANEL_PX) for frames, lines in panels]
-    length = min(len(s) for s in strips)
-    frames = np.concatenate([s[:length] for s in strips], axis=2)[:: round(25 / PREVIEW_FPS)]
+    """Animated WebP of labelled panels side by side, each `PREVIEW_PANEL_PX` high (every second frame, looped)."""
+    step = round(25 / PREVIEW_FPS)
+    length = min(len(frames) for frames, _ in panels)
+    strips = [labelled_frames(to_height(frames[:length:step], PREVIEW_PANEL_PX), lines, 1) for frames, lines in panels]
+    frames = np.concatenate(strips, axis=2)
     images = [Image.fromarray(f) for f in frames]
     images[0].save(
         path, save_all=True, append_images=images[1:], duration=round(1000 / PREVIEW_FPS), loop=0, quality=70, method=6
@@ -73,17 +86,18 @@ def main(argv: list[str] | None = None) -> None:
     print("example:", example.video, example.readout.splitlines()[0])
 
     PREVIEW.mkdir(parents=True, exist_ok=True)
-    photo_portrait().save(PHOTO, quality=85)
-    cartoon = generate_example(pipe).frames
-    photo = generate_example(pipe, PHOTO).frames
-    res = pipe.resolution
+    shutil.copyfile(photo_source(), PHOTO)  # the photo as a visitor would upload it
+    cartoon, _ = generate_example(pipe)
+    photo, alignment = generate_example(pipe, PHOTO)
+    print("photo:", alignment.framing, "face", np.round(alignment.face, 1), "crop box", alignment.box)
+    n = len(cartoon.frames)
     write_preview(
         PREVIEW / "preview.webp",
         [
-            (reference_frames(EXAMPLE_PORTRAIT, res, len(cartoon)), ["reference", "(synthetic cartoon)"]),
-            (cartoon, ["generated (bundled model)", "the mouth area is soft"]),
-            (reference_frames(PHOTO, res, len(photo)), ["reference", "(a real photograph)"]),
-            (photo, ["generated from the photo", "face kept, cartoon mouth"]),
+            (still(EXAMPLE_PORTRAIT, n), ["reference", "(synthetic cartoon)"]),
+            (cartoon.frames, ["generated (bundled model)", "the mouth area is soft"]),
+            (still(PHOTO, len(photo.frames)), ["a real photograph,", "as uploaded"]),
+            (photo.frames, ["face found, animated,", "pasted back (128 px)"]),
         ],
     )
     for path in sorted(PREVIEW.iterdir()):

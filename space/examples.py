@@ -71,31 +71,45 @@ def cached_example(model: str | os.PathLike, manifest: Path = EXAMPLE_MANIFEST) 
 
 
 def generate_example(pipe, reference: str | os.PathLike = EXAMPLE_PORTRAIT):
-    """The example's speech driving `reference` with `EXAMPLE_SETTINGS`: the pipeline's output."""
+    """The example's speech driving `reference` with `EXAMPLE_SETTINGS`, through the public path a visitor's upload
+    takes (its face found and aligned, the result pasted back into a photo): (the pipeline's output, the reference's
+    `FaceAlignment`)."""
     import torch
 
+    from portrait_rt.faces import align_face
+
     s = EXAMPLE_SETTINGS
-    return pipe(
-        reference_images=[reference],
+    alignment = align_face(reference, pipe.resolution)
+    out = pipe(
+        reference_images=[alignment],
         audio=str(EXAMPLE_SPEECH),
         guidance_audio=s["guidance_audio"],
         guidance_reference=s["guidance_reference"],
         num_inference_steps=s["num_inference_steps"],
         generator=torch.Generator().manual_seed(s["seed"]),
     )
+    return out, alignment
+
+
+def example_lipsync(out, alignment, out_dir: Path) -> tuple[Path | None, str]:
+    """The lip-sync plot and readout of a generated example, as the File tab makes them (`space.panels`)."""
+    from portrait_rt.eval import mouth_darkening, mouth_opening
+    from space.panels import lipsync_plot
+
+    darkening = mouth_darkening(out.crops, alignment.crop) if alignment.in_training_framing else None
+    return lipsync_plot(mouth_opening(out.crops), out.audio, out_dir, darkening)
 
 
 def render_example(pipe, model: str | os.PathLike, out_dir: Path = PREVIEW) -> CachedExample:
     """Generate the example with `pipe` (loaded from folder `model`) and write the cache: mp4, plot, manifest."""
-    from portrait_rt.eval.metrics import mouth_opening
     from portrait_rt.video import write_video
-    from space.panels import lipsync_plot, speed_readout
+    from space.panels import speed_readout
 
     s = EXAMPLE_SETTINGS
-    out = generate_example(pipe)
+    out, alignment = generate_example(pipe)
     out_dir.mkdir(parents=True, exist_ok=True)
     video = write_video(out_dir / "example.mp4", out.frames, out.audio, out.sample_rate)
-    plot, sync = lipsync_plot(mouth_opening(out.frames), out.audio, out_dir)
+    plot, sync = example_lipsync(out, alignment, out_dir)
     if plot is not None:
         plot = plot.rename(out_dir / "example_lipsync.png")
     readout = (

@@ -6,7 +6,7 @@ import contextlib
 from dataclasses import dataclass
 
 from portrait_rt.audio import is_silent, read_mono
-from portrait_rt.images import load_image
+from portrait_rt.faces import FaceAlignment, align_face, no_face_message
 from portrait_rt.serving.protocol import check_reference_count, make_generator  # noqa: F401 - the Space's rules too
 
 
@@ -22,14 +22,20 @@ def user_errors(field: str | None = None):
         raise gr.Error(f"{field}: {err}" if field else str(err)) from None
 
 
-def collect_references(*images, resolution: int) -> list:
-    """The uploaded reference files (None for empty slots) -> 1-3 uint8 images, each read by the project's loader
-    (16-bit, float, palette, transparency, CMYK, EXIF rotation); errors name the slot."""
+def collect_references(*images, resolution: int) -> list[FaceAlignment]:
+    """The uploaded reference files (None for empty slots) -> 1-3 `FaceAlignment`s: each read by the project's loader
+    (16-bit, float, palette, transparency, CMYK, EXIF rotation) and cropped on its face to the framing the model was
+    trained on (`portrait_rt.faces`); errors name the slot, and a slot without a face gets a warning pop-up (it is
+    centre-cropped)."""
+    import gradio as gr
+
     refs = []
     for slot, image in enumerate(images, start=1):
         if image is not None:
             with user_errors(f"Reference {slot}"):
-                refs.append(load_image(image, resolution))
+                refs.append(align_face(image, resolution, name=f"Reference {slot}", warn=False))
+            if refs[-1].framing == "centre":
+                gr.Warning(no_face_message(f"Reference {slot}"))
     check_reference_count(len(refs))
     return refs
 

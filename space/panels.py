@@ -34,30 +34,48 @@ def speed_readout(timings: list[BlockTiming], frames: int | None = None, lag_s: 
     return text
 
 
-def lipsync_plot(mouth: np.ndarray, audio: np.ndarray, out_dir: str | os.PathLike) -> tuple[Path | None, str]:
+NOT_FRAMED = (
+    "no face was found in Reference 1, so where its mouth lies in the model's square crop is unknown (the mouth "
+    "measure reads the mouth box of the training framing)"
+)
+
+
+def lipsync_plot(
+    mouth: np.ndarray, audio: np.ndarray, out_dir: str | os.PathLike, darkening: np.ndarray | None = None
+) -> tuple[Path | None, str]:
     """The eval tools' lip-sync report of a generated clip: its PNG plot (None if too short) and a one-line summary.
 
-    `mouth`: the opening measured on each frame as the blocks were made (`mouth_opening`), against the opening the
-    audio implies, and the best audio-video offset.
+    Measured per frame on the model's square crops as the blocks were made, against the opening the audio implies
+    (best audio-video offset): `darkening`, the mouth box's darkening against the reference (`mouth_darkening`: any
+    face), or None where it cannot be measured (`NOT_FRAMED`); `mouth`, the colour key (`mouth_opening`: only the
+    synthetic cartoons' reserved mouth colour), given beside it. The plot shows the darkening when there is one.
     """
     from portrait_rt.eval import lipsync_report, plot_report
 
     try:
-        report = lipsync_report(mouth, audio, SAMPLE_RATE)
+        key = lipsync_report(mouth, audio, SAMPLE_RATE)
+        main = key if darkening is None else lipsync_report(darkening, audio, SAMPLE_RATE)
     except ValueError as err:  # too short for the offset search
         return None, f"Lip sync not measured: {err}."
-    path = plot_report(report, Path(out_dir) / "lipsync.png")
-    sync = report["lipsync"]
-    return path, f"Lip sync r = {sync['r']:.2f} at offset {sync['offset']:+d} frames."
+    path = plot_report(main, Path(out_dir) / "lipsync.png")
+    k = key["lipsync"]
+    colour_key = f"colour key (the cartoons' mouth colour only): r = {k['r']:.2f} at offset {k['offset']:+d}"
+    if darkening is None:
+        return path, f"Lip sync not measured on this face: {NOT_FRAMED}. The {colour_key} (the plot)."
+    d = main["lipsync"]
+    return (
+        path,
+        f"Lip sync r = {d['r']:.2f} at offset {d['offset']:+d} frames (mouth darkening, any face); {colour_key}.",
+    )
 
 
-def lipsync_r(mouth: np.ndarray, audio: np.ndarray) -> float | None:
-    """The eval tools' lip-sync r (best offset) of a generated clip from its per-frame mouth openings; None if it is
-    too short to measure."""
+def lipsync_r(mouth: np.ndarray, audio: np.ndarray, darkening: np.ndarray | None = None) -> float | None:
+    """The eval tools' lip-sync r (best offset) of a generated clip: of the mouth darkening where measured, else of
+    the colour key `mouth`; None if it is too short to measure."""
     from portrait_rt.eval import lipsync_report
 
     try:
-        return float(lipsync_report(mouth, audio, SAMPLE_RATE)["lipsync"]["r"])
+        return float(lipsync_report(mouth if darkening is None else darkening, audio, SAMPLE_RATE)["lipsync"]["r"])
     except ValueError:
         return None
 

@@ -229,6 +229,32 @@ def test_file_mode_plays_a_video_as_long_as_the_audio(browser, app_url):
     page.context.close()
 
 
+def test_file_mode_pastes_a_photo_back_or_gives_the_square_and_says_when_there_is_no_face(browser, app_url, tmp_path):
+    """A photograph as uploaded comes back at its own size (the face pasted back), or as the model's square with the
+    toggle; a picture without a face says so in a pop-up and still makes its video."""
+    import matplotlib
+
+    from .test_faces import landscape
+
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # 512 x 600
+    page = _open(browser, app_url, "photo")
+    size = "sel => { const v = document.querySelector(sel + ' video'); return [v.videoWidth, v.videoHeight]; }"
+    _generate_file(page, photo, EXAMPLES / "speech_b.wav")
+    _wait_until(page, "#file-video", "v.readyState >= 1 && v.videoWidth > 0")
+    assert page.evaluate(size, "#file-video") == [512, 600]
+    _shot(page, "2-file-mode-photo")
+    first = page.evaluate("sel => document.querySelector(sel + ' video').src", "#file-video")
+    page.locator("#file-result").get_by_text("Square crop").click()
+    page.locator("#generate").click()
+    _wait_until(page, "#file-video", f"v.src !== {json.dumps(first)} && v.readyState >= 1 && v.videoWidth > 0")
+    assert page.evaluate(size, "#file-video") == [64, 64]  # the tiny preset's square
+    Image.fromarray(landscape()).save(tmp_path / "landscape.png")
+    _generate_file(page, tmp_path / "landscape.png", EXAMPLES / "speech_b.wav")
+    assert "Reference 1: no face found" in _toast(page, "no face found")
+    _shot(page, "2-file-mode-no-face", full_page=False)
+    page.context.close()
+
+
 def test_bad_inputs_show_errors_and_the_app_keeps_serving(browser, app_url, tmp_path):
     page = _open(browser, app_url, "bad")
     tiny = tmp_path / "tiny.png"

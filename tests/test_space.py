@@ -117,15 +117,17 @@ def test_collect_references(tmp_path):
     from portrait_rt.images import load_image
 
     a, b = EXAMPLES / "portrait_a.png", EXAMPLES / "portrait_b.png"
-    refs = collect_references(a, None, b, resolution=32)
-    assert len(refs) == 2 and np.array_equal(refs[1], load_image(b, 32))  # the project's loader, slot by slot
+    refs = collect_references(a, None, b, resolution=128)  # the examples are at the model's size: taken as framed
+    assert len(refs) == 2 and np.array_equal(refs[1].crop, load_image(b, 128))  # the project's loader, slot by slot
     with pytest.raises(ValueError, match="Reference 1"):
-        collect_references(None, None, None, resolution=32)
+        collect_references(None, None, None, resolution=128)
     with pytest.raises(ValueError, match="1 to 3"):
-        collect_references(a, a, a, a, resolution=32)
+        collect_references(a, a, a, a, resolution=128)
     (tmp_path / "notes.png").write_text("not an image")
     with pytest.raises(gr.Error, match="Reference 3: notes.png is not an image"):
-        collect_references(a, None, tmp_path / "notes.png", resolution=32)
+        collect_references(a, None, tmp_path / "notes.png", resolution=128)
+    with pytest.warns(UserWarning, match="Reference 2: no face found"):  # gr.Warning, outside a Gradio event
+        assert collect_references(a, np.full((90, 120, 3), 128, np.uint8), resolution=128)[1].framing == "centre"
 
 
 def test_seed_and_audio_checks(tmp_path):
@@ -277,14 +279,17 @@ def test_run_live_ends_when_the_microphone_goes_quiet(tmp_path):
 # ---------------------------------------------------------------------------------------------- file mode
 def test_lipsync_plot(tmp_path):
     from portrait_rt.data.synthetic import render_clip
-    from portrait_rt.eval import mouth_opening
+    from portrait_rt.eval import mouth_darkening, mouth_opening
 
     clip = render_clip(0, resolution=64, duration=2.0)
     mouth = np.concatenate([mouth_opening(block) for block in np.array_split(clip.frames, 4)])  # block by block
-    path, summary = lipsync_plot(mouth, clip.audio, tmp_path)
-    assert path.is_file() and path.suffix == ".png" and "Lip sync r = " in summary
-    r = float(summary.split("r = ")[1].split()[0])
-    assert r > 0.8  # ground-truth renders are in sync
+    darkening = np.concatenate([mouth_darkening(block, clip.frames[0]) for block in np.array_split(clip.frames, 4)])
+    path, summary = lipsync_plot(mouth, clip.audio, tmp_path, darkening)
+    assert path.is_file() and path.suffix == ".png" and "Lip sync r = " in summary and "any face" in summary
+    r, key_r = (float(part.split()[0].rstrip(";")) for part in summary.split("r = ")[1:])
+    assert r > 0.8 and key_r > 0.8  # ground-truth renders are in sync, by either measure
+    path, unframed = lipsync_plot(mouth, clip.audio, tmp_path)  # no face found: the darkening is not measured
+    assert path.is_file() and "not measured on this face: no face was found" in unframed and "colour key" in unframed
     none, why = lipsync_plot(mouth[:10], clip.audio[: 10 * SAMPLES_PER_FRAME], tmp_path)
     assert none is None and "not measured" in why
 
@@ -359,7 +364,7 @@ def test_render_example_writes_a_cache_that_cached_example_reads(tiny_pipe, tmp_
     tiny_pipe.save_pretrained(model)
     made = render_example(tiny_pipe, model, tmp_path / "cache")
     assert made.video.is_file() and made.plot is not None and made.plot.is_file()
-    assert "Lip sync r = " in made.readout
+    assert "Lip sync " in made.readout and "colour key" in made.readout  # the tiny model is 64 px: not framed
     assert cached_example(model, tmp_path / "cache" / "example.json") == made
 
 
