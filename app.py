@@ -119,7 +119,8 @@ RESULTS = ("Photo (face pasted back)", "Square crop (the model's frame)")  # Fil
 class Handlers:
     """The Space's GPU entry points around one loaded pipeline; `build_demo` wires them (as LivePortrait's app does:
     the UI builder is handed the pipeline, nothing reads a module-level one). `generate` and `compare` are the API's
-    (and the MCP server's) tools, described by their docstrings and type hints."""
+    (and the MCP server's) tools, described by their docstrings and type hints (one line per argument under "Args:":
+    Gradio reads no more)."""
 
     def __init__(self, pipe: PortraitRTPipeline) -> None:
         self.pipe = pipe
@@ -200,8 +201,7 @@ class Handlers:
             steps: Denoising steps per block, 1 to 50 (12 in the paper); fewer is faster and rougher.
             seed: Random seed, a whole number from 0 to 2147483647; the same seed and inputs give the same video.
             block_size: Latent frames per block (1 = 4 video frames): smaller is lower latency, larger is faster.
-            result: "Photo (face pasted back)" (the photo's own size, up to 1024 px) or "Square crop (the model's
-                frame)" (the model's resolution).
+            result: "Photo (face pasted back)", up to 1024 px, or "Square crop (the model's frame)", the model's size.
 
         Returns:
             The mp4 video with the speech, the lip-sync plot (PNG; None for a very short clip), a speed readout.

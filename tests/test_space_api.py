@@ -101,7 +101,9 @@ def test_mcp_server_lists_generate_and_compare_described_by_their_docstrings(app
     for tool in tools.values():
         schema = tool.inputSchema
         assert schema["required"] == ["reference_1", "speech_audio"]  # References 2 and 3 are optional
-        assert all(p.get("description") for p in schema["properties"].values()), schema  # every input described
+        for name, prop in schema["properties"].items():  # every input described, in whole sentences
+            text = prop.get("description", "")
+            assert text.endswith((".", ")")) and text.count("(") == text.count(")"), f"{tool.name}.{name}: {text!r}"
         assert schema["properties"]["block_size"]["type"] == "integer"
         assert schema["properties"]["block_size"]["enum"] == [1, 2, 4]
     assert "guidance_audio_b" in compare.inputSchema["properties"]
