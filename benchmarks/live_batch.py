@@ -66,14 +66,17 @@ def run(pipe, sessions: int, seconds: float, block_size: int, steps: int, stagge
                 end = min(record.first_frame + len(record.frames), x.size * FPS // SAMPLE_RATE)
                 lags.append(time.monotonic() - (start + end / FPS))
 
+        going = True
         for k, i0 in enumerate(range(0, x.size, n)):
             time.sleep(max(0.0, start + (k + 1) * CHUNK_S - time.monotonic()))  # the chunk's last sample is "now"
             session.push(x[i0 : i0 + n], SAMPLE_RATE)
-            take(block=False)
+            going = take(block=False)
+            if not going:  # the session ended (it fell behind)
+                break
         talk_s = time.monotonic() - start
         made_during_talk = frames
         session.close()
-        while take(block=True):
+        while going and take(block=True):
             pass
         lags = np.array(lags)
         results[i] = {

@@ -75,7 +75,10 @@ class LiveServer:
         from starlette.staticfiles import StaticFiles
 
         async def status(request):
-            return JSONResponse({**self.gate.state(), "sessions_started": self.sessions_started})
+            steps = {str(n): count for n, count in sorted(self.worker.step_sizes.items())}
+            return JSONResponse(
+                {**self.gate.state(), "sessions_started": self.sessions_started, "streams_per_step": steps}
+            )
 
         return [
             Mount(

@@ -41,8 +41,11 @@ from portrait_rt.streaming import BlockRecord, Stream, StreamGroup
 
 logger = logging.getLogger(__name__)
 
-# Sessions at once that keep >= 25 FPS each at the live defaults (block size 2, 12 steps, CFG 2/2, one reference),
-# measured with benchmarks/live_batch.py: see benchmarks/results/live_batch_*.json.
+# Sessions a worker admits by default. CPU: 3, from the batched step's speed on a 2-core CPU without other load
+# (`python -m portrait_rt bench --streams 3 --threads 2`: 38 FPS per stream, 27 with 4). benchmarks/live_batch.py
+# measures it at the live defaults with real-time feeders; on the shared 2-core machine at load 8-10 not even one
+# session kept up (benchmarks/results/live_batch_cpu_loaded.json), so it needs a rerun on an idle machine. CUDA: 8,
+# not measured yet (no GPU lent; benchmarks/gpu_check.sh measures streams per GPU).
 CPU_CAPACITY = 3
 CUDA_CAPACITY = 8
 EMPTY = object()  # `WorkerSession.poll`: nothing yet
