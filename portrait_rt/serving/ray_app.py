@@ -116,20 +116,18 @@ def _parse_start(parse_start, message, pipe):
         return parse_start(message, pipe, Path(folder))
 
 
-def _next_packed(records, pack_block) -> bytes | None:
-    record = next(records, None)
-    return None if record is None else pack_block(record)
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 1}, graceful_shutdown_timeout_s=5.0)
 class PortraitReplica:
-    """One model replica: the pipeline loaded once, its conversations run as streams of it (one `converse` call
-    each, at most `max_ongoing_requests` at once: Serve's admission)."""
+    """One model replica: the pipeline loaded once, its conversations run as sessions of one `StreamWorker`
+    (`portrait_rt.serving.worker`, the Space's live core: they are batched in stream groups, joining and leaving
+    between blocks). One `converse` call each, at most `capacity` (= `max_ongoing_requests`) at once."""
 
-    def __init__(self, model: str, threads: int | None = None, time_limit_s: float = 120.0):
+    def __init__(self, model: str, capacity: int, threads: int | None = None, time_limit_s: float = 120.0):
         from portrait_rt.loading import load_pipeline
+        from portrait_rt.serving.worker import StreamWorker
 
         self.pipe = load_pipeline(model, threads=threads)
+        self.worker = StreamWorker(self.pipe, capacity=capacity)
         self.time_limit_s = time_limit_s
         self.replica = serve.get_replica_context().replica_id.unique_id
 
@@ -137,47 +135,75 @@ class PortraitReplica:
         """One conversation, from its "start" message to "ended": yields the protocol's messages (dicts as JSON text,
         bytes as the packed blocks), in order."""
         from portrait_rt.serving.protocol import pack_block, parse_start
+        from portrait_rt.serving.worker import EMPTY
 
         yield {"type": "admitted", "replica": self.replica}  # for the ingress only: Serve gave this replica the call
-        pipe = self.pipe
         try:
-            request = await asyncio.to_thread(_parse_start, parse_start, message, pipe)
+            request = await asyncio.to_thread(_parse_start, parse_start, message, self.pipe)
         except ValueError as err:
             yield {"type": "error", "message": str(err)}
             return
-        rate = request.sample_rate
-        stream = await asyncio.to_thread(pipe.start_stream, list(request.references), **request.settings)
-        yield {
-            "type": "ready",
-            "block_frames": int(stream.group.position.block_video_frames(1)),
-            "time_limit_s": self.time_limit_s,
-            "sample_rate": SAMPLE_RATE,
-            "replica": self.replica,
-        }
-        received, limit, reason = 0, int(self.time_limit_s * rate), "stopped"
-        while True:
+        rate, loop, made = request.sample_rate, asyncio.get_running_loop(), asyncio.Event()
+        live = self.worker.open(
+            list(request.references), notify=lambda: loop.call_soon_threadsafe(made.set), **request.settings
+        )
+        state = {"received": 0, "reason": "stopped"}
+        audio = asyncio.create_task(self._audio(sid, mailboxes, live, rate, state))
+        try:
+            yield {
+                "type": "ready",
+                "block_frames": live.block_frames,
+                "time_limit_s": self.time_limit_s,
+                "sample_rate": SAMPLE_RATE,
+                "replica": self.replica,
+            }
+            while True:
+                await made.wait()
+                made.clear()
+                while (record := live.poll()) is not EMPTY:
+                    if record is None:
+                        break
+                    yield await asyncio.to_thread(pack_block, record)
+                if record is None:
+                    break
+            audio.cancel()  # done already, unless the worker ended the session (a backlog): then nothing more to take
+            await asyncio.gather(audio, return_exceptions=True)
+            if live.error is not None:
+                raise live.error
+            reason = live.end_reason if live.end_reason not in ("stopped", "cancelled") else state["reason"]
+            yield {
+                "type": "ended",
+                "reason": reason,
+                "audio_s": round(state["received"] / rate, 2),
+                "replica": self.replica,
+                "lead_frames": live.lead_frames or 0,  # silence before its audio, aligning it with the group's blocks
+            }
+        finally:
+            audio.cancel()
+            live.cancel()  # the client went or something failed: the stream and its slot freed now
+
+    async def _audio(self, sid: str, mailboxes, live, rate: int, state: dict) -> None:
+        """The conversation's mailbox -> its worker session, until stop, the time limit, silence, or a backlog."""
+        limit = int(self.time_limit_s * rate)
+        while not live.ended:
             taken = await mailboxes.take.remote(sid, IDLE_TIMEOUT_S)
             if taken is None:
-                reason = f"no audio for {IDLE_TIMEOUT_S:.0f} s (is the microphone on?)"
+                state["reason"] = f"no audio for {IDLE_TIMEOUT_S:.0f} s (is the microphone on?)"
                 break
             pcm, stop, overflow = taken
+            if overflow:
+                state["reason"] = "the server fell behind the microphone (too busy); try again later"
+                live.cancel()
+                return
             samples = np.frombuffer(pcm, "<i2")
-            if overflow or samples.size > MAX_BACKLOG_S * rate:
-                reason = "the server fell behind the microphone (too busy); try again later"
-                break
-            if received + samples.size >= limit:
-                samples, stop, reason = samples[: limit - received], True, f"time limit ({self.time_limit_s:.0f} s)"
-            received += samples.size
-            if samples.size:
-                records = pipe.feed(stream, samples, rate)  # a generator: runs a block per `next`, in a thread
-                while (packed := await asyncio.to_thread(_next_packed, records, pack_block)) is not None:
-                    yield packed
+            if state["received"] + samples.size >= limit:
+                samples, stop = samples[: limit - state["received"]], True
+                state["reason"] = f"time limit ({self.time_limit_s:.0f} s)"
+            state["received"] += samples.size
+            live.push(samples, rate)
             if stop:
                 break
-        records = pipe.flush(stream)
-        while (packed := await asyncio.to_thread(_next_packed, records, pack_block)) is not None:
-            yield packed
-        yield {"type": "ended", "reason": reason, "audio_s": round(received / rate, 2), "replica": self.replica}
+        live.close()  # the last blocks, then the end
 
 
 async def _next_or_none(replies, receiver):
@@ -420,7 +446,7 @@ def build_app(
         ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
         health_check_period_s=health_check_period_s,
         **scaling,
-    ).bind(model, threads, time_limit_s)
+    ).bind(model, capacity, threads, time_limit_s)
     return LiveIngress.bind(replica)
 
 
