@@ -20,7 +20,10 @@ stream's first block):
 4. the causal VAE decoder turns every stream's block into frames in one call, carrying their convolution caches;
 5. a `BlockRecord` per stream: the frames, the audio that drove them, the timing.
 
-So `__call__`, `stream()` and any chunking of the audio agree frame for frame given the same seed.
+So `__call__`, `stream()` and any chunking of the audio agree frame for frame given the same seed. `__call__` follows
+diffusers' conventions: `output_type` ("np" | "pil" | "pt" | "latent"), `return_dict`, `latents` (the first blocks'
+noise), `callback_on_step_end` with `callback_on_step_end_tensor_inputs` (of `_callback_tensor_inputs`) and
+`interrupt`; the run settings travel as one `StreamSettings` (`stream_settings`).
 """
 
 from __future__ import annotations
@@ -30,14 +33,15 @@ import dataclasses
 import itertools
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelMixin
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
 
 from portrait_rt.audio import is_silent, read_mono
 from portrait_rt.constants import SAMPLE_RATE, SAMPLES_PER_FRAME, SPATIAL_COMPRESSION
@@ -61,11 +65,12 @@ from portrait_rt.streaming import (
 
 @dataclass
 class PortraitRTPipelineOutput(BaseOutput):
-    """frames: uint8 (T, H, W, 3) at 25 fps (the photo's size with `paste_back`, else the model's); audio: the mono
+    """frames: uint8 (T, H, W, 3) at 25 fps (the photo's size with `paste_back`, else the model's), or as
+    `output_type` asks: a list of PIL images, a float tensor (T, 3, H, W) in [0, 1], the latents; audio: the mono
     float32 audio (at `sample_rate`) that drove them; timings: one `BlockTiming` per block; crops: uint8
     (T, res, res, 3), the model's own square frames."""
 
-    frames: np.ndarray
+    frames: np.ndarray | torch.Tensor | list
     audio: np.ndarray
     sample_rate: int
     timings: list[BlockTiming]
@@ -99,6 +104,7 @@ class _PendingBlock:
     start: float  # perf_counter at the block's start
     decode_start: float  # ... when its decode was queued
     step_ms: dict[str, float]  # denoise_ms, kv_ms
+    keep_video: bool = False  # the records carry `video` too
 
     def records(self) -> list[tuple[Stream, BlockRecord]]:
         with torch.cuda.stream(self.decode_stream):  # the copy to the host waits for the decode stream only
@@ -117,6 +123,8 @@ class _PendingBlock:
                         timing=BlockTiming(
                             block, frames.shape[1], audio_ms=a.encode_ms, latency_ms=a.encode_ms + latency_ms, **step
                         ),
+                        latents=self.latents[i : i + 1],
+                        video=self.video[i] if self.keep_video and stream.paste_back is None else None,
                     )
                 ),
             )
@@ -147,6 +155,8 @@ class PortraitRTPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(vae=vae, transformer=transformer, audio_encoder=audio_encoder, scheduler=scheduler)
         self._fast_path: FastPathSettings | None = None  # `enable_fast_path`
+        self._interrupt = False  # set by a `callback_on_step_end` to stop `__call__` after the current block
+        self.video_processor = VideoProcessor(vae_scale_factor=SPATIAL_COMPRESSION)  # `output_type` "pt" / "pil"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -459,14 +469,16 @@ class PortraitRTPipeline(DiffusionPipeline):
 
         # 2. Denoising: Euler steps of the rectified-flow ODE from noise (t = 1) to data (t = 0); each stream's noise.
         shape = (1, dit.config.in_channels, settings.block_size, h, w)
-        noise = [randn_tensor(shape, generator=s.generator, device=device, dtype=dtype) for s in streams]
-        latents = torch.cat(noise)  # (streams, C, k, h, w)
+        latents = torch.cat([s.next_noise(shape, device, dtype) for s in streams])  # (streams, C, k, h, w)
         group.scheduler.set_timesteps(settings.num_inference_steps, device=device)
-        for t in group.scheduler.timesteps:
+        for i, t in enumerate(group.scheduler.timesteps):
             x = latents.repeat_interleave(rows, dim=0)  # (streams * rows, C, k, h, w)
             v = dit.forward_cached(caches, x, t.expand(x.shape[0]).to(dtype), features, drop_audio=drop_audio)
             v = torch.cat([cfg_combine(vs, settings) for vs in v.split(rows)])  # (streams, C, k, h, w)
             latents = group.scheduler.step(v, t, latents, return_dict=False)[0]
+            if group.on_step_end is not None:  # diffusers' callback_on_step_end: it may replace these tensors
+                out = group.on_step_end(self, i, t, {"latents": latents, "audio_features": features})
+                latents, features = out.pop("latents", latents), out.pop("audio_features", features)
         t1 = time.perf_counter()
 
         # 3. The t = 0 pass on the clean block: the only pass that writes the KV cache.
@@ -491,9 +503,19 @@ class PortraitRTPipeline(DiffusionPipeline):
             s.position.advance()
         step = {"denoise_ms": (t1 - start) * 1e3, "kv_ms": (t2 - t1) * 1e3}
         streams, audio = list(streams), list(audio)
-        return _PendingBlock(video, decode_stream, latents, streams, audio, blocks, first_frames, start, t2, step)
+        return _PendingBlock(
+            video, decode_stream, latents, streams, audio, blocks, first_frames, start, t2, step, group.keep_video
+        )
 
     # ------------------------------------------------------------------ offline
+    _callback_tensor_inputs = ["latents", "audio_features"]
+    OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` in a `callback_on_step_end` to stop `__call__` after the current block."""
+        return self._interrupt
+
     @torch.no_grad()
     def __call__(
         self,
@@ -502,23 +524,68 @@ class PortraitRTPipeline(DiffusionPipeline):
         *,
         generator: torch.Generator | None = None,
         settings: StreamSettings | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "np",
         return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         **options,
     ) -> PortraitRTPipelineOutput | tuple:
         """Generate the whole video for `audio` (a path or `(samples, sample_rate)`): one stream fed the whole clip.
 
-        The run settings by name (`guidance_audio=2.0`, `guidance_reference=2.0`, `num_inference_steps=12`,
-        `block_size`, `kv_window`: the fields of `StreamSettings`) or as `settings=StreamSettings(...)`.
-        Returns `PortraitRTPipelineOutput(frames uint8 (T, H, W, 3) at 25 fps, audio, sample_rate, timings, crops)`
-        with T = ceil(audio length / 40 ms); `audio` is the clip at the model rate, as the stream resampled it; a
-        photo's frames are the photo with the face pasted back (`paste_back`), `crops` the model's square frames. For
-        long clips, `generate_blocks` hands over one block at a time instead of holding every frame.
+        Args:
+            reference_images: 1-3 portraits (paths, PIL images or arrays) of the person to animate.
+            audio: the speech, a path or `(samples, sample_rate)`.
+            generator: draws each block's initial noise (after `latents`, if given).
+            settings / **options: the run settings, a `StreamSettings` and/or its fields by name
+                (`guidance_audio=2.0`, `guidance_reference=2.0`, `num_inference_steps=12`, `block_size`, `kv_window`).
+            latents: the initial noise (t = 1) of the first blocks, (1, C, L, h, w) with L a multiple of the block
+                size: block i starts from latent frames [i k, (i + 1) k); the blocks after them draw theirs from
+                `generator`. Noise drawn block by block from a generator (`randn_tensor((1, C, k, h, w), generator)`
+                per block, concatenated on dim 2) gives the frames that generator would.
+            output_type: "np" (default: uint8 (T, H, W, 3)), "pil" (a list of T PIL images), "pt" (float
+                (T, 3, H, W) in [0, 1]; "pil" and "pt" through diffusers' `VideoProcessor` from the decoder's float
+                output), or "latent" (the denoised latents (1, C, L, h, w) of every block, normalised as G sees them:
+                `vae.decode(z / scaling_factor + shift_factor)` gives pixels; the blocks are still decoded, since a
+                block's decode is part of the stream's step).
+            return_dict: `PortraitRTPipelineOutput` if True, else the tuple `(frames, audio)`.
+            callback_on_step_end: called after every Euler step of every block as
+                `callback(pipe, step, timestep, callback_kwargs)`, `step` counting the block's steps from 0 (as
+                diffusers counts a denoising loop); `callback_kwargs` holds the tensors named in
+                `callback_on_step_end_tensor_inputs` (of `_callback_tensor_inputs`: "latents" (1, C, k, h, w),
+                "audio_features" (CFG rows, n, D)); the dict it returns replaces them. `pipe._interrupt = True` stops
+                the generation after the current block (the frames so far are returned).
+
+        Returns `PortraitRTPipelineOutput(frames, audio, sample_rate, timings, crops)`: T = ceil(audio length / 40 ms)
+        frames at 25 fps; `audio` is the clip at the model rate, as the stream resampled it; a photo's frames are the
+        photo with the face pasted back (`paste_back`; "pt" / "pil" then convert those uint8 frames), `crops` the
+        model's square frames. For long clips, `generate_blocks` hands over one block at a time instead of holding
+        every frame.
         """
-        records = list(
-            self.generate_blocks(reference_images, audio, generator=generator, settings=settings, **options)
+        if output_type not in self.OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r}; use one of {list(self.OUTPUT_TYPES)}.")
+        blocks = self.generate_blocks(
+            reference_images,
+            audio,
+            generator=generator,
+            settings=settings,
+            latents=latents,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            keep_video=output_type in ("pt", "pil"),
+            **options,
         )
-        frames = np.concatenate([r.frames for r in records])
+        records = list(blocks)
         audio = np.concatenate([r.audio for r in records])
+        if output_type == "latent":
+            frames = torch.cat([r.latents for r in records], dim=2)  # (1, C, L, h, w)
+        elif output_type == "np":
+            frames = np.concatenate([r.frames for r in records])  # uint8 (T, H, W, 3)
+        else:
+            # The decoder's float output; a photo's pasted-back frames are uint8 only.
+            parts = [r.video if r.video is not None else frames_to_tensor(r.frames).movedim(0, 1) for r in records]
+            video = torch.cat(parts, dim=1)[None]  # (1, 3, T, H, W) in [-1, 1]
+            frames = self.video_processor.postprocess_video(video, output_type=output_type)[0]
         if not return_dict:
             return (frames, audio)
         timings = [r.timing for r in records]
@@ -534,20 +601,42 @@ class PortraitRTPipeline(DiffusionPipeline):
         *,
         generator: torch.Generator | None = None,
         settings: StreamSettings | None = None,
+        latents: torch.Tensor | None = None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        keep_video: bool = False,
         **options,
     ) -> Iterator[BlockRecord]:
         """`__call__` block by block: a `BlockRecord` (frames, the audio that drove them, timing) as each block is
         made, so a consumer (an mp4 writer, a metric) holds one block at a time whatever the clip's length.
 
-        The clip is fed to the stream a second at a time (any chunking gives the same frames), which keeps the
-        stream's audio buffers small; the last record's audio ends where the clip ends. The settings are checked
-        before the audio is read.
+        `latents`, `callback_on_step_end` and its tensor inputs as for `__call__`; with `keep_video` each record
+        carries the decoder's float video too. The clip is fed to the stream a second at a time (any chunking gives
+        the same frames), which keeps the stream's audio buffers small; the last record's audio ends where the clip
+        ends. The settings are checked before the audio is read.
         """
         settings = self.stream_settings(settings, **options)
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs has {unknown}; use names of {self._callback_tensor_inputs}."
+            )
+        latents = self._check_latents(latents, settings)
         samples, rate = read_mono(audio)
         if is_silent(samples):
             raise ValueError("The audio is silent (below -60 dBFS); give speech for the portrait to say.")
         stream = self.start_stream(reference_images, generator=generator, settings=settings)
+        stream.latents, stream.group.keep_video = latents, keep_video
+        if callback_on_step_end is not None:
+            inputs = tuple(callback_on_step_end_tensor_inputs)
+
+            def on_step_end(pipe, step, t, tensors):
+                return callback_on_step_end(pipe, step, t, {k: tensors[k] for k in inputs}) or {}
+
+            stream.group.on_step_end = on_step_end
+        self._interrupt = False
         fed = (self.feed(stream, samples[i : i + rate], rate) for i in range(0, samples.size, rate))
         with self.progress_bar(total=-(-round(samples.size * SAMPLE_RATE / rate) // SAMPLES_PER_FRAME)) as bar:
             for record in itertools.chain(itertools.chain.from_iterable(fed), self.flush(stream)):
@@ -557,3 +646,20 @@ class PortraitRTPipeline(DiffusionPipeline):
                     ]
                 bar.update(len(record.frames))
                 yield record
+                if callback_on_step_end is not None and self.interrupt:  # (only a call with a callback can be)
+                    return
+
+    def _check_latents(self, latents: torch.Tensor | None, settings: StreamSettings) -> torch.Tensor | None:
+        """`latents` as `__call__` takes them, checked: (1, C, L, h, w) (or (C, L, h, w)), L a multiple of k."""
+        if latents is None:
+            return None
+        if not isinstance(latents, torch.Tensor):
+            raise ValueError(f"latents must be a torch.Tensor, got {type(latents).__name__}.")
+        h = self.resolution // SPATIAL_COMPRESSION
+        c, k = self.transformer.config.in_channels, settings.block_size
+        latents = latents[None] if latents.ndim == 4 else latents
+        if latents.ndim != 5 or latents.shape[0] != 1 or latents.shape[1] != c or latents.shape[3:] != (h, h):
+            raise ValueError(f"latents must be (1, {c}, L, {h}, {h}) (L latent frames), got {tuple(latents.shape)}.")
+        if latents.shape[2] == 0 or latents.shape[2] % k:
+            raise ValueError(f"latents has {latents.shape[2]} latent frames; give a multiple of block_size={k}.")
+        return latents

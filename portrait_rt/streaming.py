@@ -24,11 +24,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from portrait_rt.audio import AudioStreamBuffer
 from portrait_rt.constants import SAMPLES_PER_FRAME, check_block_size, video_frames_for_latents
@@ -78,15 +80,18 @@ class BlockRecord:
     first_frame: int  # the stream's index of frames[0]: the block starts first_frame / FPS seconds in
     timing: BlockTiming
     crop: np.ndarray | None = None  # uint8 (n, res, res, 3): the model's own frames (None: they are `frames`)
+    latents: torch.Tensor | None = None  # (1, C, k, h, w): the block's denoised latents, normalised as G sees them
+    video: torch.Tensor | None = None  # float (3, n, H, W) in [-1, 1]: the decoder's, if kept (no paste-back)
 
     def __post_init__(self):
         if self.crop is None:
             self.crop = self.frames
 
     def trim(self, num_frames: int) -> None:
-        """Keep the first `num_frames` frames (and their crops and audio)."""
+        """Keep the first `num_frames` frames (and their crops, float video and audio)."""
         self.frames, self.audio = self.frames[:num_frames], self.audio[: num_frames * SAMPLES_PER_FRAME]
         self.crop = self.crop[:num_frames]
+        self.video = None if self.video is None else self.video[:, :num_frames]
 
 
 MAX_GUIDANCE = 20.0
@@ -296,6 +301,7 @@ class Stream:
     finished: bool = False  # flushed: its audio ended and its last block is out
     alignments: tuple[FaceAlignment, ...] = ()
     paste_back: PasteBack | None = field(default=None, repr=False)
+    latents: torch.Tensor | None = field(default=None, repr=False)  # (1, C, L, h, w): noise of its next L / k blocks
 
     @property
     def in_training_framing(self) -> bool:
@@ -319,6 +325,15 @@ class Stream:
     def num_references(self) -> int:
         return self.reference_frames.shape[0]
 
+    def next_noise(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The initial noise (t = 1) of the stream's next block, `shape` (1, C, k, h, w): the next k latent frames of
+        `latents` while they last (the `latents` input of `__call__`), else drawn from its generator."""
+        if self.latents is not None:
+            noise, rest = self.latents[:, :, : shape[2]], self.latents[:, :, shape[2] :]
+            self.latents = rest if rest.shape[2] else None
+            return noise.to(device, dtype)
+        return randn_tensor(shape, generator=self.generator, device=device, dtype=dtype)
+
 
 @dataclass(eq=False)
 class StreamGroup:
@@ -334,6 +349,10 @@ class StreamGroup:
     settings: StreamSettings
     streams: tuple[Stream, ...]
     scheduler: FlowMatchEulerDiscreteScheduler  # the group's own copy (its step state)
+    # `(pipe, step, timestep, {"latents": ..., "audio_features": ...}) -> dict` after each Euler step (diffusers'
+    # `callback_on_step_end`, its tensor inputs already chosen); what it returns replaces those tensors
+    on_step_end: Callable | None = field(default=None, repr=False)
+    keep_video: bool = False  # records carry the decoder's float video too (`output_type="pt"` / `"pil"`)
 
     def __post_init__(self):
         self.streams = tuple(self.streams)
@@ -369,7 +388,13 @@ class StreamGroup:
     def leave(self, stream: Stream) -> StreamGroup:
         """Move `stream` into a group of its own, between blocks; returns that group. The others go on unchanged."""
         self.streams = tuple(s for s in self.streams if s is not stream)
-        return StreamGroup(self.settings, (stream,), copy.deepcopy(self.scheduler))
+        return StreamGroup(
+            self.settings,
+            (stream,),
+            copy.deepcopy(self.scheduler),
+            on_step_end=self.on_step_end,
+            keep_video=self.keep_video,
+        )
 
     def _check(self, stream: Stream) -> None:
         if stream.settings != self.settings:

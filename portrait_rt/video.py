@@ -5,6 +5,12 @@ Encoding is h.264 (yuv420p, `+faststart`) with AAC audio, through the ffmpeg bin
 
 `write_video` writes frames it is given whole (a live segment, a short clip); `VideoWriter` takes them block by block
 as a pipeline makes them, so a clip of any length is written in constant memory.
+
+Why not diffusers' `encode_video` (PyAV): it serves a one-off export of `pipe(...)`'s output (a test does that), but
+not these writers: it needs the whole audio at the end and writes no `+faststart` (a browser must fetch the whole
+mp4 before playing), no MPEG-TS segments with continuous timestamps for the live stream, no CRF / zero-latency /
+keyframe settings, neither trims nor pads the audio to the video, prints a progress bar per file, and reads a uint8
+numpy video whose values are all 0 or 1 as floats in [0, 1]; and PyAV is not otherwise a dependency of the library.
 """
 
 from __future__ import annotations

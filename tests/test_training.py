@@ -343,7 +343,9 @@ def test_streamed_latent_cache_matches_one_shot(trained_vae, shards, tmp_path):
     vae = CausalVideoVAE.from_pretrained(trained_vae[0] / "vae")
     frames, _ = shards.load(0)
     with torch.no_grad():
-        one_shot = vae.encode(torch.from_numpy(np.array(frames[:49])).permute(3, 0, 1, 2)[None] / 127.5 - 1).mode()
+        one_shot = vae.encode(
+            torch.from_numpy(np.array(frames[:49])).permute(3, 0, 1, 2)[None] / 127.5 - 1
+        ).latent_dist.mode()
     torch.testing.assert_close(encode_clip(vae, frames, chunk_latents=2)[:, :13], one_shot[0], atol=1e-4, rtol=1e-4)
 
 

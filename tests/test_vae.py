@@ -31,13 +31,13 @@ def _latents(frames: int, seed: int = 1) -> torch.Tensor:
 @pytest.mark.parametrize("frames", [1, 5, 17])
 def test_shapes_and_compression(vae, frames):
     video = _video(frames, batch=2)
-    posterior = vae.encode(video)
+    posterior = vae.encode(video).latent_dist
     n = (frames - 1) // 4 + 1
     assert posterior.mean.shape == (2, 64, n, RES // 64, RES // 64)
     f_c, z_r = vae.encode_reference(_video(2, batch=2, seed=3).transpose(1, 2))  # 2 references
     assert f_c.shape == (2, 2, vae.reference_channels, RES // 16, RES // 16)
     assert z_r.shape == (2, 2, 64, RES // 64, RES // 64)
-    out = vae.decode(posterior.mode(), f_c)
+    out = vae.decode(posterior.mode(), f_c).sample
     assert out.shape == video.shape
     assert out.abs().max() <= 1
     recon, post = vae(video, video[:, :, :1].transpose(1, 2), generator=torch.Generator().manual_seed(0))
@@ -48,10 +48,10 @@ def test_shapes_and_compression(vae, frames):
 def test_image_alone_matches_first_frame(vae):
     """An image is a 1-frame video; by causality it encodes like the first frame of any video."""
     video = _video(9)
-    z_img = vae.encode(video[:, :, :1]).mode()
+    z_img = vae.encode(video[:, :, :1]).latent_dist.mode()
     assert z_img.shape == (1, 64, 1, 1, 1)
     # Not bit-identical: the convolution kernels pick different blockings for different frame counts.
-    assert (z_img - vae.encode(video).mode()[:, :, :1]).abs().max() <= 1e-5
+    assert (z_img - vae.encode(video).latent_dist.mode()[:, :, :1]).abs().max() <= 1e-5
     _, z_r = vae.encode_reference(video[:, :, :1].transpose(1, 2))
     assert torch.allclose(z_r[:, 0], z_img[:, :, 0], atol=1e-6)
 
@@ -72,7 +72,7 @@ def test_decoder_is_causal(vae):
     f_c = vae.encode_reference(_video(1).unsqueeze(1)[:, :, :, 0])[0]
     perturbed = z.clone()
     perturbed[:, :, 3:] += 1.0  # latent frames >= 3 change: output frames < 1 + 4*2 = 9 must not
-    a, b = vae.decode(z, f_c), vae.decode(perturbed, f_c)
+    a, b = vae.decode(z, f_c).sample, vae.decode(perturbed, f_c).sample
     assert torch.equal(a[:, :, :9], b[:, :, :9])
     assert not torch.allclose(a[:, :, 9:], b[:, :, 9:])
 
@@ -82,7 +82,7 @@ def test_decoder_is_causal(vae):
 def test_streaming_decode_equals_one_shot(vae, chunk):
     z = _latents(7)
     f_c = vae.encode_reference(_video(2).transpose(1, 2))[0]
-    whole = vae.decode(z, f_c)
+    whole = vae.decode(z, f_c).sample
     parts, cache = [], None
     for i in range(0, z.shape[2], chunk):
         frames, cache = vae.decode_chunk(z[:, :, i : i + chunk], f_c, cache)
@@ -129,18 +129,18 @@ def test_references_matter_and_order_does_not(vae):
     z = _latents(3)
     images = _video(3).transpose(1, 2)  # (1, 3 refs, 3, H, W)
     f_c = vae.encode_reference(images)[0]
-    outs = {m: vae.decode(z, f_c[:, :m]) for m in range(4)}
+    outs = {m: vae.decode(z, f_c[:, :m]).sample for m in range(4)}
     assert all(out.shape == (1, 3, 9, RES, RES) for out in outs.values())
     assert not torch.allclose(outs[0], outs[1])
     assert not torch.allclose(outs[1], outs[2])
     other = vae.encode_reference(_video(1, seed=5).transpose(1, 2))[0]
-    assert not torch.allclose(outs[1], vae.decode(z, other))
-    reordered = vae.decode(z, f_c[:, [2, 0, 1]])
+    assert not torch.allclose(outs[1], vae.decode(z, other).sample)
+    reordered = vae.decode(z, f_c[:, [2, 0, 1]]).sample
     assert (reordered - outs[3]).abs().max() <= 1e-5
-    assert torch.equal(vae.decode(z, None), outs[0])
+    assert torch.equal(vae.decode(z, None).sample, outs[0])
     f_empty, z_empty = vae.encode_reference(images[:, :0])
     assert f_empty.shape[1] == 0 and z_empty.shape[1] == 0
-    assert torch.equal(vae.decode(z, f_empty), outs[0])
+    assert torch.equal(vae.decode(z, f_empty).sample, outs[0])
 
 
 def test_bad_inputs_raise(vae):
@@ -171,7 +171,7 @@ def test_gradients_checkpointing_and_bf16(vae):
     assert torch.allclose(recon, recon_ckpt)
     assert torch.allclose(model.encoder_1[0].conv.weight.grad, grads["encoder_1.0.conv.weight"], atol=1e-6)
     with torch.no_grad():
-        out = model.to(torch.bfloat16).decode(_latents(2).bfloat16())
+        out = model.to(torch.bfloat16).decode(_latents(2).bfloat16()).sample
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
@@ -180,9 +180,9 @@ def test_without_crva_runs_and_differs():
     torch.manual_seed(0)
     baseline = CausalVideoVAE(**{**VAE_PRESETS["tiny"], "use_crva": False}).eval()
     video = _video(5)
-    assert baseline.encode(video).mean.shape == (1, 64, 2, 1, 1)
+    assert baseline.encode(video).latent_dist.mean.shape == (1, 64, 2, 1, 1)
     z = _latents(3)
-    whole = baseline.decode(z)
+    whole = baseline.decode(z).sample
     first, cache = baseline.decode_chunk(z[:, :, :1])
     rest, _ = baseline.decode_chunk(z[:, :, 1:], cache=cache)
     assert whole.shape == (1, 3, 9, RES, RES)
@@ -197,9 +197,9 @@ def test_save_and_load_round_trip(vae, tmp_path):
     assert loaded.config.layers_per_block == vae.config.layers_per_block
     video = _video(5)
     f_c = vae.encode_reference(video[:, :, :1].transpose(1, 2))[0]
-    z = vae.encode(video).mode()
-    assert torch.equal(vae.decode(z, f_c), loaded.decode(z, f_c))
-    assert torch.equal(z, loaded.encode(video).mode())
+    z = vae.encode(video).latent_dist.mode()
+    assert torch.equal(vae.decode(z, f_c).sample, loaded.decode(z, f_c).sample)
+    assert torch.equal(z, loaded.encode(video).latent_dist.mode())
 
 
 def test_paper_parameter_counts():
@@ -233,14 +233,14 @@ def test_reference_warp_streams_and_ignores_order(warp_vae):
     f_c = vae.encode_reference(images)[0]
     assert f_c.shape == (1, 3, vae.reference_channels, RES // 16, RES // 16)
     z = _latents(5)
-    whole = vae.decode(z, f_c)
+    whole = vae.decode(z, f_c).sample
     parts, cache = [], None
     for i in range(z.shape[2]):
         frames, cache = vae.decode_chunk(z[:, :, i : i + 1], f_c, cache)
         parts.append(frames)
     assert (torch.cat(parts, dim=2) - whole).abs().max() <= 1e-5
-    assert (vae.decode(z, f_c[:, [1, 2, 0]]) - whole).abs().max() <= 1e-5
-    assert torch.equal(vae.decode(z, f_c[:, :0]), vae.decode(z, None))
+    assert (vae.decode(z, f_c[:, [1, 2, 0]]).sample - whole).abs().max() <= 1e-5
+    assert torch.equal(vae.decode(z, f_c[:, :0]).sample, vae.decode(z, None).sample)
 
 
 @torch.no_grad()
@@ -254,7 +254,7 @@ def test_reference_warp_copies_reference_pixels():
     f_c = vae.encode_reference(image)[0]
     _, warp_inputs = vae._split_references(f_c)
     assert torch.equal(warp_inputs[0, 0, -48:], torch.nn.functional.pixel_unshuffle(image[0, 0], 4))
-    out = vae.decode(_latents(2), f_c)  # (1, 3, 5, H, W)
+    out = vae.decode(_latents(2), f_c).sample  # (1, 3, 5, H, W)
     assert (out - image[:, 0, :, None]).abs().max() <= 1e-5
 
 
@@ -266,7 +266,7 @@ def test_reference_warp_moves_with_its_flow():
     bias = vae.reference_warp.head[-1].bias
     bias[0], bias[2] = 2.0 / vae.reference_warp.downscale, 30.0  # flow x = 2 px, the reference wins
     image = _video(1).transpose(1, 2)
-    out = vae.decode(_latents(1), vae.encode_reference(image)[0])  # (1, 3, 1, H, W)
+    out = vae.decode(_latents(1), vae.encode_reference(image)[0]).sample  # (1, 3, 1, H, W)
     assert (out[0, :, 0, :, :-2] - image[0, 0, :, :, 2:]).abs().max() <= 1e-5
 
 

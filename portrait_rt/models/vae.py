@@ -35,7 +35,8 @@ import math
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
@@ -264,9 +265,11 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         moments, c2 = self.encoder_2(f, c2)  # (B, 128, T', H/64, W/64)
         return moments, [c1, c2]
 
-    def encode(self, video: torch.Tensor) -> DiagonalGaussianDistribution:
-        """One-shot encode of `video` (B, 3, 1+4n, H, W) in [-1, 1] -> posterior over (B, 64, n+1, H/64, W/64)."""
-        return DiagonalGaussianDistribution(self.encode_chunk(video)[0])
+    def encode(self, video: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
+        """One-shot encode of `video` (B, 3, 1+4n, H, W) in [-1, 1] -> `AutoencoderKLOutput(latent_dist=posterior)`
+        over (B, 64, n+1, H/64, W/64) (`return_dict=False`: `(posterior,)`), as diffusers' `AutoencoderKL`."""
+        posterior = DiagonalGaussianDistribution(self.encode_chunk(video)[0])
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     def _reference_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """E1 features of each image alone: (B, M, 3, H, W) -> `f` (B*M, C_f, 1, H/16, W/16), E2's input, and
@@ -336,9 +339,13 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         frames, cache = self._decode_chunk(z, f_c, cache)
         return frames.clamp(-1, 1), cache
 
-    def decode(self, z: torch.Tensor, f_c: torch.Tensor | None = None) -> torch.Tensor:
-        """One-shot decode: `z` (B, 64, n+1, h, w) -> video (B, 3, 1+4n, 64h, 64w) in [-1, 1]."""
-        return self.decode_chunk(z, f_c)[0]
+    def decode(
+        self, z: torch.Tensor, f_c: torch.Tensor | None = None, return_dict: bool = True
+    ) -> DecoderOutput | tuple:
+        """One-shot decode: `z` (B, 64, n+1, h, w) -> `DecoderOutput(sample=video)`, video (B, 3, 1+4n, 64h, 64w) in
+        [-1, 1] (`return_dict=False`: `(video,)`), as diffusers' `AutoencoderKL`. Streams use `decode_chunk`."""
+        video = self.decode_chunk(z, f_c)[0]
+        return DecoderOutput(sample=video) if return_dict else (video,)
 
     def forward(
         self,
@@ -356,7 +363,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         decoder's cache, as a stream's past does; the reconstruction is then of the last 1+4n - (4k-3) frames only.
         The causal decoder's receptive field spans many frames (~80 in the demo preset), so a shorter training window
         always contains the stream's start; with a context the decoder also trains as it runs deep into a stream."""
-        posterior = self.encode(video)
+        posterior = self.encode(video).latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         f_c = None
         if reference_images is not None and reference_images.shape[1] > 0:

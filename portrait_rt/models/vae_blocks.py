@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention import AttentionModuleMixin
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch import nn
 
 Cache = torch.Tensor | list | None
@@ -313,8 +315,33 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     return out.flatten(-2).to(x.dtype)
 
 
-class Attention(nn.Module):
-    """Multi-head attention with q/k RMSNorm and 2D RoPE, through `F.scaled_dot_product_attention`."""
+class DrefAttnProcessor:
+    """Dref's attention math: q/k RMSNorm per head, 2D RoPE, then `dispatch_attention_fn` on (N, S, heads, head_dim)
+    tensors, so the backend (SDPA and its math / flash / memory-efficient kernels, flex, ...) is a setting:
+    `CausalVideoVAE.set_attention_backend(name)`, as for the DiT."""
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(
+        self, attn: Attention, x: torch.Tensor, context: torch.Tensor, rope_q: torch.Tensor, rope_k: torch.Tensor
+    ) -> torch.Tensor:
+        # x: (N, S, dim), context: (N, S_k, context_dim); rope_*: (S, head_dim/2) angles.
+        q = attn.norm_q(attn.to_q(x).unflatten(-1, (attn.heads, -1)).transpose(1, 2))  # (N, heads, S, head_dim)
+        k = attn.norm_k(attn.to_k(context).unflatten(-1, (attn.heads, -1)).transpose(1, 2))
+        v = attn.to_v(context).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+        q, k = apply_rope(q, rope_q), apply_rope(k, rope_k)
+        out = dispatch_attention_fn(  # (N, S, heads, head_dim)
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), backend=self._attention_backend
+        )
+        return attn.to_out(out.flatten(2))  # (N, S, dim)
+
+
+class Attention(nn.Module, AttentionModuleMixin):
+    """Multi-head attention weights with q/k RMSNorm (per head); the math, with 2D RoPE, is in the processor."""
+
+    _default_processor_cls = DrefAttnProcessor
+    _available_processors = [DrefAttnProcessor]
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None, eps: float = 1e-6):
         super().__init__()
@@ -326,16 +353,12 @@ class Attention(nn.Module):
         self.norm_q = RMSNorm(head_dim, channel_dim=-1, eps=eps)
         self.norm_k = RMSNorm(head_dim, channel_dim=-1, eps=eps)
         self.to_out = nn.Linear(inner, dim)
+        self.set_processor(self._default_processor_cls())
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor, rope_q: torch.Tensor, rope_k: torch.Tensor
     ) -> torch.Tensor:
-        # x: (N, S, dim), context: (N, S_k, context_dim); rope_*: (S, head_dim/2) angles.
-        q = self.norm_q(self.to_q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2))  # (N, heads, S, head_dim)
-        k = self.norm_k(self.to_k(context).unflatten(-1, (self.heads, -1)).transpose(1, 2))
-        v = self.to_v(context).unflatten(-1, (self.heads, -1)).transpose(1, 2)
-        out = F.scaled_dot_product_attention(apply_rope(q, rope_q), apply_rope(k, rope_k), v)
-        return self.to_out(out.transpose(1, 2).flatten(2))  # (N, S, dim)
+        return self.processor(self, x, context, rope_q, rope_k)
 
 
 class ReferenceTransformerBlock(nn.Module):

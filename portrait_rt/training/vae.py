@@ -443,7 +443,7 @@ def latent_statistics(
         frames, _ = store.load(i)
         n = min(num_frames, usable_video_frames(frames.shape[0]))
         video = frames_to_tensor(frames[:n]).movedim(0, 1)[None].to(vae.device, vae.dtype)  # (1, 3, T, H, W)
-        zs.append(vae.encode(video).mode().float().flatten())
+        zs.append(vae.encode(video).latent_dist.mode().float().flatten())
     z = torch.cat(zs)
     return float(z.mean()), float(1.0 / z.std().clamp_min(1e-6))
 
