@@ -16,11 +16,12 @@ animated crop pasted back into the photo.
 3. Which references are searched: a reference that is already a square at the model's resolution is taken as framed
    (the corpus, the cartoon examples, a crop made earlier); any other is searched. No face found: a
    `NoFaceFoundWarning` (or `NoFaceFoundError` with `require_face`) and the centre crop, as without alignment.
-4. Paste-back (`PasteBack`): each frame's crop, upsampled (bilinear: a quarter of bicubic's time, and the crop is
-   soft anyway) into the photo over the training framing's face box, blended with a mask that is 1 on the face and
-   falls smoothly to exactly 0 at the box's edge (a superellipse inscribed in the box, feathered): every pixel
-   outside the face box is the photo's own. One batched `grid_sample` and one `lerp` per block; the sampling grid
-   and the mask are made once per stream. Only for a reference whose face was found: without a face (or without
+4. Paste-back (`PasteBack`): what each frame's crop changed from the reference crop, upsampled (bilinear: a quarter
+   of bicubic's time) into the photo over the training framing's face box, added with a mask that is 1 on the face
+   and falls smoothly to exactly 0 at the box's edge (a superellipse inscribed in the box, feathered): the photo
+   keeps its own detail where the model keeps the face still, and every pixel outside the face box is the photo's
+   own. One batched `grid_sample` and one `addcmul` per block; the sampling grid, the mask and the upsampled
+   reference are made once per stream. Only for a reference whose face was found: without a face (or without
    alignment) the result is the square crop the model made.
 
 The photo is kept at its own size, capped at `MAX_PHOTO_SIDE` on the long side, with even sides (h.264 needs them).
@@ -250,7 +251,14 @@ def _smoothstep(t: torch.Tensor) -> torch.Tensor:
 
 
 class PasteBack:
-    """Animated crops -> the photo: each frame's crop upsampled into the face box and blended in with a feathered mask.
+    """Animated crops -> the photo: what each frame's crop changed, upsampled into the face box and blended in with a
+    feathered mask.
+
+    `keep_detail` (default): the photo plus the change of each crop from the reference crop, masked:
+    `photo + mask * (up(crop) - up(reference crop))`. Where the model keeps the face still, the photo keeps its own
+    detail (a 128 px crop upsampled 3-4 times would blur glasses, hair and skin); where the mouth moves, the change
+    is added. False: the upsampled crop itself blended in, `photo + mask * (up(crop) - photo)` (for a model that
+    moves the head: the still photo's detail would not follow it). Both are exactly the photo outside the face box.
 
     Built once per stream from the first reference's `FaceAlignment` (with a face found); called per block.
     `feather`: the width of the mask's fall from 1 to 0, in units of the crop's side; `mode`: `grid_sample`'s.
@@ -262,6 +270,7 @@ class PasteBack:
         framing: TrainingFraming = TRAINING_FRAMING,
         feather: float = 0.06,
         mode: str = "bilinear",
+        keep_detail: bool = True,
     ):
         self.photo, self.mode = alignment.photo, mode
         h, w = self.photo.shape[:2]
@@ -283,22 +292,28 @@ class PasteBack:
         cu, cv, hu, hv = (bx0 + bx1) / 2, (by0 + by1) / 2, (bx1 - bx0) / 2, (by1 - by0) / 2
         rho = (((gx - cu) / hu).abs() ** 4 + ((gy - cv) / hv).abs() ** 4) ** 0.25
         self.mask = _smoothstep((1 - rho) * min(hu, hv) / feather)  # (rh, rw)
-        self.background = torch.from_numpy(self.photo[ry0:ry1, rx0:rx1].astype(np.float32)).permute(2, 0, 1)
+        # 4. What each frame adds to: photo - mask * (up(reference crop) or the photo itself), made once.
+        photo = torch.from_numpy(self.photo[ry0:ry1, rx0:rx1].astype(np.float32)).permute(2, 0, 1)  # (3, rh, rw)
+        under = self._upsample(alignment.crop[None])[0] if keep_detail else photo
+        self.base = photo - self.mask * under
 
     @property
     def size(self) -> tuple[int, int]:
         """(W, H) of the frames it makes."""
         return self.photo.shape[1], self.photo.shape[0]
 
+    def _upsample(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 crops (n, res, res, 3) -> float (n, 3, rh, rw): sampled at the face box's photo pixels."""
+        frames = frames if frames.flags.writeable else frames.copy()  # torch wants a writable array
+        crops = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (n, 3, res, res)
+        grid = self.grid.expand(len(frames), -1, -1, -1)
+        return torch.nn.functional.grid_sample(crops, grid, mode=self.mode, padding_mode="border", align_corners=False)
+
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """uint8 crops (n, res, res, 3) -> uint8 photo frames (n, H, W, 3), all frames at once."""
         n = len(frames)
-        frames = frames if frames.flags.writeable else frames.copy()  # torch wants a writable array
-        crops = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (n, 3, res, res)
-        face = torch.nn.functional.grid_sample(
-            crops, self.grid.expand(n, -1, -1, -1), mode=self.mode, padding_mode="border", align_corners=False
-        )  # (n, 3, rh, rw)
-        blended = torch.lerp(self.background, face, self.mask).round_().clamp_(0, 255).to(torch.uint8)
+        blended = torch.addcmul(self.base, self.mask, self._upsample(frames))  # base + mask * up(crop)
+        blended = blended.round_().clamp_(0, 255).to(torch.uint8)
         out = np.repeat(self.photo[None], n, axis=0)  # (n, H, W, 3)
         ry0, ry1, rx0, rx1 = self.region
         out[:, ry0:ry1, rx0:rx1] = blended.permute(0, 2, 3, 1).numpy()

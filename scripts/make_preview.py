@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             (still(EXAMPLE_PORTRAIT, n), ["reference", "(synthetic cartoon)"]),
             (cartoon.frames, ["generated (bundled model)", "the mouth area is soft"]),
             (still(PHOTO, len(photo.frames)), ["a real photograph,", "as uploaded"]),
-            (photo.frames, ["face found, animated,", "pasted back (128 px)"]),
+            (photo.frames, ["animated face pasted", "back; a cartoon mouth"]),
         ],
     )
     for path in sorted(PREVIEW.iterdir()):

@@ -142,9 +142,14 @@ def test_paste_back_keeps_the_photo_outside_the_face_box_whatever_the_crops_hold
         out = paste(crops)
         assert out.shape == (16, 600, 512, 3)
         assert (out[:, outside] == a.photo[outside]).all()
-    # the face itself comes from the crops: a crop equal to the reference's crop gives back nearly the photo
-    same = paste(a.crop[None])[0]
-    assert _psnr(same[~outside], a.photo[~outside]) > 24
+    # inside, the crops' change from the reference crop: the reference crop itself gives back the photo exactly,
+    # with its own detail; the crop blended in whole (keep_detail=False) gives back the photo only at the crop's 128 px
+    assert np.array_equal(paste(a.crop[None])[0], a.photo)
+    whole = PasteBack(a, keep_detail=False)(a.crop[None])[0]
+    assert 24 < _psnr(whole[~outside], a.photo[~outside]) < 40 and (whole[outside] == a.photo[outside]).all()
+    darker = paste(np.clip(a.crop[None].astype(int) - 40, 0, 255).astype(np.uint8))[0]  # a change the model makes
+    cx, cy = round(a.face[0]), round(a.face[1])
+    assert darker[cy, cx].astype(int).sum() < a.photo[cy, cx].astype(int).sum() - 100  # shows in the face
 
 
 def test_detect_face_is_none_on_flat_images():
