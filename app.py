@@ -613,6 +613,9 @@ def main(argv: list[str] | None = None) -> None:
     # deletes Gradio's copies of inputs and outputs, and at exit OUTPUTS goes. Python's default would end the process
     # at once, leaving both behind in the temporary folder.
     signal.signal(signal.SIGTERM, _interrupt)
+    # tempfile's folder from here on (the video writers' scratch files): a job still running at the end leaves them
+    scratch = tempfile.TemporaryDirectory(prefix="portrait-rt-scratch-")
+    tempfile.tempdir = scratch.name
     try:
         pipe, choice = load_from_args(args)
     except (ValueError, OSError) as error:  # a missing model folder, a device this machine lacks: one line, exit 2
@@ -632,10 +635,11 @@ def main(argv: list[str] | None = None) -> None:
             max_file_size=f"{limits.MAX_UPLOAD_MB:g}mb",
             css=page_css(pipe.resolution),
             app_kwargs={"routes": live_server.routes()},
+            allowed_paths=[OUTPUTS.name],  # Gradio serves what is under the temporary folder, now `scratch`
             mcp_server=True,  # /generate and /compare as MCP tools, at /gradio_api/mcp/ (needs gradio[mcp])
         )
     finally:
-        for folder in (OUTPUTS, GRADIO_CACHE):  # now: jobs still running may hold the interpreter's exit (below)
+        for folder in (OUTPUTS, GRADIO_CACHE, scratch):  # now: a job still running would hold the exit (below)
             folder.cleanup()
 
 
