@@ -36,22 +36,20 @@ def test_every_name_resolves():
 
 def test_every_method_named_on_a_class_exists():
     """`FlowDiT.update_cache`-style names, and the `(method, ...)` lists after a class, are its attributes."""
-    import portrait_rt
-
-    found = re.findall(r"`(CausalVideoVAE|FlowDiT|PortraitRTPipeline|StreamAudio|KVCache|Stream)\.(\w+)`", DOC)
-    for owner, lists in re.findall(r"`portrait_rt(?:\.\w+)*\.(\w+)` \(([^)]*)\)", DOC):
-        found += [(owner, m) for m in re.findall(r"`(\w+)`", lists)]
+    streaming, transformer = (importlib.import_module(f"portrait_rt.{m}") for m in ("streaming", "models.transformer"))
+    short = {"KVCache": transformer.KVCache, "StreamAudio": streaming.StreamAudio, "Stream": streaming.Stream}
+    for name in ("CausalVideoVAE", "FlowDiT", "PortraitRTPipeline"):
+        short[name] = getattr(importlib.import_module("portrait_rt"), name)
+    pattern = r"`(" + "|".join(short) + r")\.(\w+)`"
+    found = [(short[owner], f"{owner}.{m}", m) for owner, m in re.findall(pattern, DOC)]
+    for owner, lists in re.findall(r"`(portrait_rt(?:\.\w+)+)` \(([^)]*)\)", DOC):
+        found += [(_resolve(owner), f"{owner}.{m}", m) for m in re.findall(r"`(\w+)`", lists)]
     assert len(found) >= 10
-    classes = {
-        "KVCache": importlib.import_module("portrait_rt.models.transformer").KVCache,
-        "StreamAudio": importlib.import_module("portrait_rt.streaming").StreamAudio,
-        "Stream": importlib.import_module("portrait_rt.streaming").Stream,
-    }
-    missing = []
-    for owner, member in found:
-        cls = classes.get(owner) or getattr(portrait_rt, owner)
-        if not (hasattr(cls, member) or member in inspect.unwrap(cls.__init__).__code__.co_names):  # set in __init__
-            missing.append(f"{owner}.{member}")
+    missing = [
+        label
+        for cls, label, member in found
+        if not (hasattr(cls, member) or member in inspect.unwrap(cls.__init__).__code__.co_names)  # set in __init__
+    ]
     assert not missing, missing
 
 
