@@ -27,6 +27,8 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
+import sys
 import tempfile
 import time
 import uuid
@@ -51,7 +53,8 @@ ROUTE = "/live-rt"  # as in the Space: the socket is ROUTE/ws, the state ROUTE/s
 START_TIMEOUT_S = 30.0  # the socket must say "start" within this
 IDLE_TIMEOUT_S = 10.0  # no audio for this long (after "ready"): the microphone is gone, the session ends
 MAX_BACKLOG_S = 3.0  # audio waiting for the model: more than this and the stream is not real time any more
-QUEUED_AFTER_S = 0.25  # a conversation no replica has taken by then is told its place in line
+QUEUED_AFTER_S = 1.0  # a conversation no replica has taken by then is told its place in line (a replica's own
+# admission, the start of its call, takes a few hundred ms on a loaded CPU: nobody is told "queued" for that)
 MAX_CLIENT_RATE = 192_000  # bounds a mailbox: MAX_BACKLOG_S of int16 at this rate, twice over, then refused
 
 
@@ -219,6 +222,7 @@ async def _until(replies, receiver):
         done, _ = await asyncio.wait({item, receiver}, return_when=asyncio.FIRST_COMPLETED)
         if item not in done:
             item.cancel()
+            await asyncio.gather(item, return_exceptions=True)
             receiver.result()  # a protocol error is told to the client; a clean close just ends the relay
             return
         try:
@@ -380,6 +384,7 @@ class LiveIngress:
                     await ws.send_json({"type": "queued", "position": place})
         finally:
             admitted.cancel()
+            await asyncio.gather(admitted, return_exceptions=True)  # (a cancelled call raises; nobody waits for it)
             self.waiting.remove(sid)
             self._notify()
 
@@ -499,11 +504,12 @@ def cli_main(args: argparse.Namespace) -> int:
     ray.init(address=args.address, include_dashboard=False)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(application, name="portrait-rt", route_prefix="/")
-    print(f"portrait-rt live on ws://{args.host}:{args.port}{ROUTE}/ws (Ctrl-C stops)", flush=True)
+    print(f"portrait-rt live on ws://{args.host}:{args.port}{ROUTE}/ws (Ctrl-C or SIGTERM stops)", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a service manager's stop: the same clean shutdown
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         serve.shutdown()
