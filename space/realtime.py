@@ -61,9 +61,16 @@ class LiveServer:
     """The WebSocket endpoint: one stream per socket (a `Session`), admitted by a `LiveGate` to the `StreamWorker`
     that runs them all batched; `capacity` streams at once (default: the worker's, measured per device)."""
 
-    def __init__(self, pipe, capacity: int | None = None, max_waiting: int = 8, time_limit_s: float = 120.0):
+    def __init__(
+        self,
+        pipe,
+        capacity: int | None = None,
+        max_waiting: int = 8,
+        time_limit_s: float = 120.0,
+        max_backlog_s: float = MAX_BACKLOG_S,
+    ):
         self.pipe = pipe
-        self.worker = StreamWorker(pipe, capacity, max_backlog_s=MAX_BACKLOG_S)
+        self.worker = StreamWorker(pipe, capacity, max_backlog_s=max_backlog_s)
         self.gate = LiveGate(self.worker.capacity, max_waiting)
         self.time_limit_s = time_limit_s
         self.sessions_started = 0
@@ -122,11 +129,13 @@ def default_block_size(pipe) -> int:
 
 def server_from_env(pipe, time_limit_s: float) -> LiveServer:
     """The app's `LiveServer`: `PORTRAIT_RT_REALTIME_STREAMS` at once (default: `default_capacity`, measured per
-    device: 3 on a 2-core CPU) and `PORTRAIT_RT_REALTIME_WAITING` in line (default 8)."""
+    device: 3 on a 2-core CPU), `PORTRAIT_RT_REALTIME_WAITING` in line (default 8), and a session ends when it falls
+    `PORTRAIT_RT_REALTIME_BACKLOG_S` behind the microphone (default `MAX_BACKLOG_S`)."""
     return LiveServer(
         pipe,
         capacity=env_int("PORTRAIT_RT_REALTIME_STREAMS", default_capacity(pipe)),
         max_waiting=env_int("PORTRAIT_RT_REALTIME_WAITING", 8),
+        max_backlog_s=env_int("PORTRAIT_RT_REALTIME_BACKLOG_S", MAX_BACKLOG_S),
         time_limit_s=time_limit_s,
     )
 

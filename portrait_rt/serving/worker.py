@@ -82,6 +82,7 @@ class WorkerSession:
     _closing: bool = False
     _cancelled: bool = False
     _received_s: float = 0.0  # seconds of audio pushed
+    _last_arrival: float = 0.0  # monotonic time the last chunk fed to the stream arrived
     _generated_frames: int = 0  # video frames of it made (lead-in excluded)
 
     def push(self, samples: np.ndarray, sample_rate: int) -> None:
@@ -152,7 +153,7 @@ class StreamWorker:
         self,
         pipe,
         capacity: int | None = None,
-        max_wait_s: float = 0.08,
+        max_wait_s: float = 0.12,
         max_backlog_s: float = 3.0,
         max_pending_blocks: int = 64,
         align: bool = True,
@@ -167,7 +168,7 @@ class StreamWorker:
         self._sessions: list[WorkerSession] = []
         self._groups: dict[tuple, StreamGroup] = {}
         self._waiting_since: dict[tuple, float] = {}  # group key -> when its first stream was ready
-        self._phase: dict[tuple, float] = {}  # group key -> when it last stepped with all its streams ready
+        self._phase: dict[tuple, float] = {}  # group key -> when the audio of its last all-ready step had arrived
         self._lock = threading.Lock()
         self._work = threading.Event()
         self._stopping = False
@@ -246,8 +247,8 @@ class StreamWorker:
                 since = self._waiting_since.setdefault(key, now)
                 if now - since < self.max_wait_s:
                     continue
-            else:
-                self._phase[key] = now
+            else:  # a boundary of the group: when the audio that completed its last stream's block arrived
+                self._phase[key] = max(self._session_of(s)._last_arrival for s in group.streams)
             self._waiting_since.pop(key, None)
             out = pipe.feed_group(group, [None] * len(group.streams), lockstep=False)
             self.steps += 1
@@ -263,6 +264,7 @@ class StreamWorker:
     def _feed_inbox(self, session: WorkerSession) -> None:
         while session._inbox:
             samples, rate, arrival = session._inbox.popleft()
+            session._last_arrival = arrival
             if session.lead_frames is None:
                 session.lead_frames = self._lead_frames(session, arrival - samples.size / rate)
                 if session.lead_frames:
