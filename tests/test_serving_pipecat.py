@@ -128,7 +128,7 @@ def test_with_the_bundled_model_the_mouth_moves_while_speaking_and_is_closed_aft
     reference = ROOT / "assets" / "examples" / "portrait_a.png"  # its mouth is closed through silence (live tests)
     processor = PortraitAvatarProcessor(pipe, [reference], seed=0, num_inference_steps=4, block_size=1)
     down = _run(
-        processor, [TTSStartedFrame(), *_tts_frames(speech), SleepFrame(4.0), InterruptionFrame(), SleepFrame(3.0)]
+        processor, [TTSStartedFrame(), *_tts_frames(speech), SleepFrame(8.0), InterruptionFrame(), SleepFrame(4.0)]
     )
 
     cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))

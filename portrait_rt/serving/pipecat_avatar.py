@@ -28,6 +28,7 @@ Model work runs on the worker's thread, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import numpy as np
@@ -55,7 +56,8 @@ class PortraitAvatarProcessor(FrameProcessor):
     """TTS audio frames -> `OutputImageRawFrame`s of the portrait saying them, each followed by its own 40 ms of audio.
 
     `engine`: a `StreamWorker` (`portrait_rt.serving.worker`, the live session core; processors sharing one have
-    their utterances batched) or a pipeline (the processor then runs a worker of its own).
+    their utterances batched; make it with `max_backlog_s=math.inf`: a TTS sends its speech faster than real time,
+    which a microphone's limit would take for a lagging server) or a pipeline (the processor then runs its own).
     `reference_images`: 1-3 paths / PIL images / arrays (the face); `seed` or `generator`: the noise;
     `settings` / `options`: the run settings, as for `pipe.start_stream` (`block_size=1` gives the lowest latency).
     `latencies_ms` records, per block, the time from the TTS frame that completed its audio to its first image pushed.
@@ -73,7 +75,8 @@ class PortraitAvatarProcessor(FrameProcessor):
     ):
         super().__init__()
         self._own_worker = not isinstance(engine, StreamWorker)
-        self.worker = StreamWorker(engine, capacity=2) if self._own_worker else engine  # 2: one may still be closing
+        # 2 sessions: one may still be closing; no backlog limit: a TTS sends its speech faster than real time
+        self.worker = StreamWorker(engine, capacity=2, max_backlog_s=math.inf) if self._own_worker else engine
         self.pipe = self.worker.pipe
         self.references = load_reference_images(reference_images, self.pipe.resolution)
         self.generator = generator or (None if seed is None else torch.Generator().manual_seed(int(seed)))
