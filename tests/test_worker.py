@@ -94,3 +94,28 @@ def test_bad_settings_are_refused_at_open(tiny_pipe, portraits):
         assert worker.active == 0
     finally:
         worker.shutdown()
+
+
+def test_a_lead_in_is_silence_at_the_sessions_own_rate(tiny_pipe, portraits, monkeypatch):
+    """A session that joins a running group gets a lead-in of silence (its frames not sent): its frames are then
+    `stream()`'s on that silence and its audio as one signal at the client's rate (48 kHz here), bit for bit: the
+    silence goes in at the audio's own rate, so nothing resamples twice."""
+    lead, rate = 3, 48000
+    monkeypatch.setattr(StreamWorker, "_lead_frames", lambda self, session, start: lead)
+    x = (speech_like(1.4, rate) * 32767).astype(np.int16)
+    gate = threading.Event()
+    worker = StreamWorker(tiny_pipe, lease=lambda: _held(gate))
+    try:
+        session = worker.open(portraits[:1], generator=torch.Generator().manual_seed(3), **KW)
+        for i in range(0, x.size, 1920):
+            session.push(x[i : i + 1920], rate)
+        session.close()
+        gate.set()
+        got = np.concatenate([r.frames for r in _records(session)])
+    finally:
+        worker.shutdown()
+    chunks = [(np.concatenate([np.zeros(lead * 1920, np.int16), x]), rate)]
+    alone = np.concatenate(
+        list(tiny_pipe.stream(portraits[:1], chunks, generator=torch.Generator().manual_seed(3), **KW))
+    )
+    assert session.lead_frames == lead and np.array_equal(got, alone[lead:])

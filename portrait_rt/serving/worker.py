@@ -17,6 +17,8 @@ had (a stream whose client lags is left for the next step; it never holds the ot
 moments would have their block boundaries at other moments, and the group would wait for the last of them every
 block; so a new session's audio starts with a lead-in of silence (under one block) that puts its boundaries just
 before the group's. The lead-in's frames are not sent: a session's frame 0 is driven by its first audio sample.
+A session's frames are those of `pipe.stream()` on its audio with `lead_frames` video frames of silence before it
+(at its audio's rate), those first frames dropped; with `align=False`, of `pipe.stream()` on its audio as it is.
 
 Bounded per session: audio the model has not caught up with (`max_backlog_s`: more and the session ends, saying
 so) and blocks its consumer has not taken (`max_pending_blocks`). The worker's model work runs inside `lease()`
@@ -267,9 +269,11 @@ class StreamWorker:
             session._last_arrival = arrival
             if session.lead_frames is None:
                 session.lead_frames = self._lead_frames(session, arrival - samples.size / rate)
-                if session.lead_frames:
-                    silence = np.zeros(session.lead_frames * SAMPLES_PER_FRAME, np.float32)
-                    session.stream.audio.push(silence, SAMPLE_RATE)
+                if session.lead_frames:  # at the chunks' own rate: one signal, resampled as its audio is
+                    per_frame = SAMPLES_PER_FRAME * rate / SAMPLE_RATE
+                    lead_rate = rate if float(per_frame).is_integer() else SAMPLE_RATE
+                    silence = np.zeros(session.lead_frames * round(SAMPLES_PER_FRAME * lead_rate / SAMPLE_RATE))
+                    session.stream.audio.push(silence.astype(samples.dtype), lead_rate)
             session.stream.audio.push(samples, rate)
 
     def _lead_frames(self, session: WorkerSession, start: float) -> int:
