@@ -41,6 +41,7 @@ import gradio as gr
 import numpy as np
 import spaces
 from PIL import Image
+from starlette.exceptions import HTTPException
 
 from portrait_rt.cli import ArgumentParser
 from portrait_rt.constants import SAMPLE_RATE
@@ -52,11 +53,15 @@ from space import limits
 from space.compare import side_by_side
 from space.examples import EXAMPLE_PORTRAIT, EXAMPLE_SPEECH, PREVIEW, cached_example
 from space.inputs import (
+    GUIDANCE_AUDIO,
+    GUIDANCE_REFERENCE,
+    STEPS,
     check_setting,
     collect_references,
     field_checks,
     load_speech,
     make_generator,
+    paths_hidden,
     user_errors,
 )
 from space.layout import INTRO, page_css
@@ -69,9 +74,9 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).parent
 EXAMPLES = HERE / "assets" / "examples"
-LIVE_TIME_LIMIT_S = 120  # one live stream's maximum length
+LIVE_TIME_LIMIT_S = limits.LIVE_TIME_LIMIT_S  # one live stream's maximum length
 STREAM_EVERY_S = 0.25  # microphone chunk period
-MAX_LIVE_STREAMS = int(os.environ.get("PORTRAIT_RT_LIVE_STREAMS", "2"))  # concurrent live streams (all users)
+MAX_LIVE_STREAMS = limits.LIVE_STREAMS  # concurrent Gradio-recorder live streams (all users)
 FIRST_AUDIO_S = 3.0  # a live stream whose first microphone chunk has not come by then is given up
 AOTI_COMPILE_S = 1500  # ZeroGPU: the start-up GPU call that compiles the blocks (README's startup_duration_timeout)
 
@@ -143,7 +148,7 @@ class Handlers:
         written). `session`: the Gradio session whose folder it goes to; `paste_back`: write the photo with the face
         pasted back (else the square crop)."""
         speech = load_speech(audio, limits.MAX_AUDIO_S)
-        with user_errors("Seed"):
+        with user_errors():
             generator = make_generator(seed)
         references = collect_references(*refs, resolution=self.pipe.resolution)  # each aligned on its face, once
         closed = references[0].crop if references[0].in_training_framing else None  # the mouth measure's reference
@@ -336,7 +341,8 @@ def admit_offline_job(request: gr.Request, *inputs):
     """Runs as a File/Compare job asks to join the queue (Gradio's `validator`): refuses a setting out of range, and,
     on the speech audio field, a job whose session already has its share of jobs or that finds the queue full."""
     checks = field_checks(*inputs)
-    refusal = limits.offline_job_refusal(request.app.get_blocks(), "offline", request.session_hash)
+    client = limits.client_key(request.headers, request.client.host if request.client else None)
+    refusal = limits.offline_job_refusal(request.app.get_blocks(), "offline", request.session_hash, client)
     if refusal:
         checks[1] = gr.validate(False, refusal)  # inputs: Reference 1, the speech audio, References 2-3, settings
     return checks
@@ -350,6 +356,11 @@ def forget_session(request: gr.Request) -> None:
 def live_ingest(chunk, session: LiveSession) -> None:
     """Microphone chunk -> the tab's queue (cheap; the live generator does the work)."""
     session.push(chunk)
+
+
+def live_recording_starts(session: LiveSession) -> None:
+    """A recording starts: nothing of an earlier one (refused by the settings check, say) may reach its stream."""
+    session.start_recording()
 
 
 def live_stop(session: LiveSession) -> None:
@@ -479,9 +490,19 @@ def build_demo(pipe: PortraitRTPipeline, choice: ModelChoice) -> gr.Blocks:
                                 sources=["upload"], type="filepath", label="Speech audio", elem_id="cmp-audio"
                             )
                             with gr.Column():
-                                guidance_audio_b = gr.Slider(1, 4, value=3, step=0.1, label="B: audio guidance λa")
+                                guidance_audio_b = gr.Slider(
+                                    GUIDANCE_AUDIO.low,
+                                    GUIDANCE_AUDIO.high,
+                                    value=3,
+                                    step=0.1,
+                                    label="B: audio guidance λa",
+                                )
                                 guidance_reference_b = gr.Slider(
-                                    1, 4, value=3, step=0.1, label="B: reference guidance λr"
+                                    GUIDANCE_REFERENCE.low,
+                                    GUIDANCE_REFERENCE.high,
+                                    value=3,
+                                    step=0.1,
+                                    label="B: reference guidance λr",
                                 )
                         compare_btn = gr.Button("Compare", variant="primary", elem_id="compare")
                         cmp_readout = gr.Markdown(elem_id="cmp-readout")
@@ -496,23 +517,25 @@ def build_demo(pipe: PortraitRTPipeline, choice: ModelChoice) -> gr.Blocks:
             with gr.Column(scale=2, min_width=260):
                 gr.Markdown("**Settings** (Live, File, and Compare's setting A)")
                 guidance_audio = gr.Slider(
-                    1,
-                    4,
+                    GUIDANCE_AUDIO.low,
+                    GUIDANCE_AUDIO.high,
                     value=2,
                     step=0.1,
-                    label="Audio guidance λa",
+                    label=GUIDANCE_AUDIO.label,
                     info="Higher: the mouth follows the speech more closely (lip sync).",
                 )
                 guidance_reference = gr.Slider(
-                    1,
-                    4,
+                    GUIDANCE_REFERENCE.low,
+                    GUIDANCE_REFERENCE.high,
                     value=2,
                     step=0.1,
-                    label="Reference guidance λr",
+                    label=GUIDANCE_REFERENCE.label,
                     info="Higher: face and background stay closer to the references (stability).",
                 )
                 with gr.Row():
-                    steps = gr.Slider(1, 50, value=12, step=1, label="Denoising steps", info="12 in the paper")
+                    steps = gr.Slider(
+                        STEPS.low, STEPS.high, value=12, step=1, label=STEPS.label, info="12 in the paper"
+                    )
                     seed = gr.Number(0, precision=0, minimum=0, label="Seed")
                 block_size = gr.Radio(
                     blocks,
@@ -538,7 +561,7 @@ def build_demo(pipe: PortraitRTPipeline, choice: ModelChoice) -> gr.Blocks:
         refs = [ref1, ref2, ref3]
         # The live generator hangs off `.then`, not off the microphone itself: Gradio's frontend ends every event
         # whose trigger is the microphone when its stream closes, which would drop the stream's last segments.
-        mic.start_recording(None, None, None, queue=False).then(
+        mic.start_recording(live_recording_starts, [session], None, queue=False, api_visibility="private").then(
             live,
             refs + settings + [session],
             [live_video, live_readout],
@@ -634,7 +657,8 @@ def main(argv: list[str] | None = None) -> None:
             show_error=True,
             max_file_size=f"{limits.MAX_UPLOAD_MB:g}mb",
             css=page_css(pipe.resolution),
-            app_kwargs={"routes": live_server.routes()},
+            # (API errors name no server folder: Gradio's own refusals of crafted file paths would show it.)
+            app_kwargs={"routes": live_server.routes(), "exception_handlers": {HTTPException: paths_hidden}},
             allowed_paths=[OUTPUTS.name],  # Gradio serves what is under the temporary folder, now `scratch`
             mcp_server=True,  # /generate and /compare as MCP tools, at /gradio_api/mcp/ (needs gradio[mcp])
         )

@@ -14,6 +14,7 @@ Every part of portrait-rt takes audio through here, so the rules live in one pla
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -27,6 +28,7 @@ MIN_SAMPLE_RATE = 4_000
 MAX_SAMPLE_RATE = 384_000
 MAX_DURATION_S = 60 * 60  # one hour: longer inputs are almost certainly a mistake for a talking portrait
 _ABSURD_PEAK = 64.0  # float audio this loud is integer PCM stored as float, or garbage
+_UNKNOWN_LENGTH = 2**62  # libsndfile reports a length this large when the header has none (SF_COUNT_MAX)
 
 
 def _check_rate(sample_rate: int) -> int:
@@ -98,14 +100,23 @@ def mix_channels(x: np.ndarray) -> np.ndarray:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
+    """A length in words, rounded up to the second (so a clip over a limit never reads as the limit itself):
+    45 s, 2 minutes, 2 min 1 s."""
+    minutes, rest = divmod(math.ceil(seconds - 1e-9), 60)
+    if minutes == 0:
+        return f"{rest} s"
+    whole = f"{minutes} minute" + ("s" if minutes > 1 else "")
+    return whole if rest == 0 else f"{minutes} min {rest} s"
 
 
-def _check_duration(seconds: float, max_seconds: float) -> None:
+def _check_duration(seconds: float, max_seconds: float, cut: bool = False) -> None:
+    """`ValueError` if `seconds` is over `max_seconds`; `cut`: only the first `seconds` were decoded (the file is
+    at least that long)."""
     if seconds > max_seconds:
+        length = f"over {_duration(max_seconds)}" if cut else _duration(seconds)
         raise ValueError(
-            f"The audio is {_duration(seconds)} long; the limit is {_duration(max_seconds)}. Trim it or split it "
-            "into shorter clips."
+            f"The audio is {length} long; the limit is {_duration(max_seconds)}. Trim it or split it into shorter "
+            "clips."
         )
 
 
@@ -124,7 +135,7 @@ def _decode_with_ffmpeg(path: Path, max_seconds: float) -> tuple[np.ndarray, int
             f"{path.name} is not an audio file this app can read (or it holds no sound); use wav, flac, ogg or mp3."
         )
     samples = np.frombuffer(proc.stdout, np.float32).copy()
-    _check_duration(samples.size / SAMPLE_RATE, max_seconds)
+    _check_duration(samples.size / SAMPLE_RATE, max_seconds, cut=True)
     return samples, SAMPLE_RATE
 
 
@@ -141,6 +152,8 @@ def read_audio_file(path: str | os.PathLike, max_seconds: float = MAX_DURATION_S
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError):
+        return _decode_with_ffmpeg(path, max_seconds)
+    if info.frames >= _UNKNOWN_LENGTH:  # written to a pipe (`ffmpeg -f flac -`): no length in the header, no seeking
         return _decode_with_ffmpeg(path, max_seconds)
     _check_duration(info.frames / max(info.samplerate, 1), max_seconds)
     try:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from portrait_rt.audio import is_silent, read_mono
 from portrait_rt.faces import FaceAlignment, align_face, no_face_message
-from portrait_rt.serving.protocol import check_reference_count, make_generator  # noqa: F401 - the Space's rules too
+from portrait_rt.serving.protocol import (  # noqa: F401 - the live protocol's rules are the Space's too
+    GUIDANCE_AUDIO,
+    GUIDANCE_REFERENCE,
+    SEED,
+    STEPS,
+    check_reference_count,
+    make_generator,
+)
 
 
 @contextlib.contextmanager
@@ -102,3 +111,21 @@ def check_setting(component):
     if integers:
         component.api_info = lambda: {"type": "integer", "enum": choices, "title": component.label}
     return component
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"(),;]+")
+
+
+def hide_paths(text: str) -> str:
+    """`text` with every absolute path cut to its file name: a message never shows the server's folders."""
+    return _ABSOLUTE_PATH.sub(lambda m: PurePosixPath(m.group(0)).name or "/", text)
+
+
+async def paths_hidden(request, exc):
+    """The app's handler of HTTP errors (Gradio's refusal of a crafted file path names the absolute path, and so the
+    app's working folder): the same answer with `hide_paths` applied to its detail."""
+    from fastapi.exception_handlers import http_exception_handler
+
+    if isinstance(exc.detail, str):
+        exc.detail = hide_paths(exc.detail)
+    return await http_exception_handler(request, exc)

@@ -90,7 +90,9 @@ class LiveStream:
 class LiveSession:
     """One browser tab's live mode, kept in `gr.State`: microphone chunks waiting for the stream, and flags.
 
-    Only one stream per tab: a start while one runs is refused (`ignoring` then drops that recording's audio).
+    A recording's audio belongs to it alone: every recording starts empty (`start_recording`), so nothing a refused
+    recording sent (the settings check refused it, or the stream could not start) reaches a later stream. Only one
+    stream per tab: a recording that starts while one still runs is ignored.
     """
 
     chunks: deque = field(default_factory=deque)  # (samples, sample_rate); deque append/popleft are thread-safe
@@ -98,6 +100,15 @@ class LiveSession:
     stop_requested: bool = False
     ignoring: bool = False
     last_chunk: float = 0.0
+
+    def start_recording(self) -> None:
+        """A recording starts (before any of its chunks): drop whatever is left of earlier ones, or, while a stream
+        still runs, ignore this recording."""
+        if self.running:
+            self.ignoring = True
+            return
+        self.chunks.clear()
+        self.ignoring, self.stop_requested = False, False
 
     def push(self, chunk) -> None:
         """A microphone chunk from Gradio, `(sample_rate, samples)`; None and empty chunks are skipped."""

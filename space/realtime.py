@@ -16,50 +16,44 @@ is ~100 KB/s down and 32 KB/s up. Video frames go down as the block's JPEGs, wit
 latency itself, from the capture time of each frame's audio to the moment the frame is drawn.
 
 The rooms: `portrait_rt.serving.protocol` (the messages: the "start" message checked, blocks packed; the
-library's, shared with the Ray Serve deployment), `space.session` (one conversation: its inbox, its stream, when it
-ends), `space.gate` (admission). This module is the server that joins
-them to the app (its routes) and reads its settings from the environment.
+library's, shared with the Ray Serve deployment), `space.decoder` (the references decoded in worker processes),
+`space.session` (one conversation: its inbox, its stream, when it ends), `space.gate` (admission). This module is the
+server that joins them to the app (its routes) and reads its settings from `space.limits`.
 
 Fair sharing (`LiveGate`): at most `capacity` streams run at once (`PORTRAIT_RT_REALTIME_STREAMS`); the next
 `max_waiting` wait in line and are told their place ("queued", position n) before their microphone is opened, so no
 speech is taken that cannot be served; beyond that a session is refused. A session ends at its time limit, after
-`IDLE_TIMEOUT_S` without audio, or if it falls `MAX_BACKLOG_S` behind the microphone (it says so, it never drops audio
-silently); when the socket closes, its stream, its references and its slot are freed. Each socket has its own
-stream: nothing a refused or failed session sent can reach another.
+`IDLE_TIMEOUT_S` without audio, or if it falls `LIVE_MAX_BACKLOG_S` behind the microphone (it says so, it never
+drops audio silently); when the socket closes, its stream, its references and its slot are freed. Each socket has
+its own stream: nothing a refused or failed session sent can reach another.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import tempfile
+from collections import Counter
 from pathlib import Path
 
 from portrait_rt.serving.protocol import parse_start
 from portrait_rt.serving.worker import StreamWorker, default_capacity
+from space import limits
+from space.decoder import Decoder
 from space.gate import LiveGate
 from space.panels import block_size_choices
-from space.session import MAX_BACKLOG_S, Session, close, send_error
+from space.session import Session, close, send, send_error
 
 STATIC = Path(__file__).parent / "static"
 ROUTE = "/live-rt"  # the WebSocket is ROUTE/ws, the client ROUTE/static/live.js, the gate's state ROUTE/status
 START_TIMEOUT_S = 30.0  # the socket must say "start" within this
 
 
-def env_int(name: str, default: int) -> int:
-    """A positive integer from the environment variable `name` (`default` if unset); `ValueError` naming it."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{name}={raw!r}: set it to a whole number of at least 1.")
-    return int(raw)
-
-
 class LiveServer:
     """The WebSocket endpoint: one stream per socket (a `Session`), admitted by a `LiveGate` to the `StreamWorker`
-    that runs them all batched; `capacity` streams at once (default: the worker's, measured per device)."""
+    that runs them all batched; `capacity` streams at once (default: the worker's, measured per device).
+
+    Before a socket reaches the gate: its page must come from this app (or `limits.ALLOWED_ORIGINS`), its client may
+    hold at most `per_client` sockets, and its start message is checked in a worker thread and its references decoded
+    in `decoders` worker processes, so the event loop (every page and route of the app) never waits on them."""
 
     def __init__(
         self,
@@ -67,12 +61,17 @@ class LiveServer:
         capacity: int | None = None,
         max_waiting: int = 8,
         time_limit_s: float = 120.0,
-        max_backlog_s: float = MAX_BACKLOG_S,
+        max_backlog_s: float = limits.LIVE_MAX_BACKLOG_S,
+        per_client: int = limits.REALTIME_PER_CLIENT,
+        decoders: int = limits.START_DECODERS,
     ):
         self.pipe = pipe
         self.worker = StreamWorker(pipe, capacity, max_backlog_s=max_backlog_s)
         self.gate = LiveGate(self.worker.capacity, max_waiting)
         self.time_limit_s = time_limit_s
+        self.per_client = per_client
+        self.sockets = Counter()  # per client: sockets open now
+        self.decoder = Decoder(decoders)
         self.sessions_started = 0
 
     def routes(self) -> list:
@@ -100,20 +99,55 @@ class LiveServer:
 
     async def handle(self, ws) -> None:
         """One browser session, from "start" to the socket's close; everything it held is released on the way out."""
-        from starlette.websockets import WebSocketDisconnect
-
         await ws.accept()
-        try:
-            message = await asyncio.wait_for(ws.receive_text(), START_TIMEOUT_S)
-            with tempfile.TemporaryDirectory(prefix="portrait-rt-live-") as folder:  # gone once the images are read
-                request = parse_start(json.loads(message), self.pipe, Path(folder))
-        except ValueError as err:  # (json.JSONDecodeError is one)
-            await send_error(ws, str(err))
+        if not limits.origin_allowed(ws.headers):
+            await send_error(
+                ws,
+                f"This live server takes connections from its own pages only (this page is {ws.headers['origin']}); "
+                "its host may allow others with PORTRAIT_RT_ALLOWED_ORIGINS.",
+            )
             return
-        except (asyncio.TimeoutError, WebSocketDisconnect):
+        client = limits.client_key(ws.headers, ws.client.host if ws.client else None)
+        if self.sockets[client] >= self.per_client:
+            await send(
+                ws,
+                {
+                    "type": "refused",
+                    "message": f"You already have {self.per_client} live sessions open (starting, waiting or "
+                    "talking); hang up one of them, then press Talk again.",
+                },
+            )
             await close(ws)
             return
-        await Session(ws, request, self.worker, self.time_limit_s).run(self.gate, on_admitted=self._count)
+        self.sockets[client] += 1
+        try:
+            request = await self._start(ws)
+            if request is not None:
+                await Session(ws, request, self.worker, self.time_limit_s).run(self.gate, on_admitted=self._count)
+        finally:
+            self.sockets[client] -= 1
+            if not self.sockets[client]:
+                del self.sockets[client]
+
+    async def _start(self, ws):
+        """The socket's start message, checked off the event loop -> `LiveRequest`, or None (told why, closed)."""
+        from starlette.websockets import WebSocketDisconnect
+
+        try:
+            message = await asyncio.wait_for(ws.receive(), START_TIMEOUT_S)
+            if message["type"] == "websocket.disconnect":
+                return None
+            text = message.get("text") if message.get("text") is not None else message.get("bytes")
+            request = await asyncio.to_thread(parse_start, text, self.pipe)
+            request.references = await self.decoder.decode(
+                request.references, limits.LIVE_MAX_PIXELS, limits.REFERENCE_SIDE
+            )
+            return request
+        except ValueError as err:
+            await send_error(ws, str(err))
+        except (asyncio.TimeoutError, WebSocketDisconnect):
+            await close(ws)
+        return None
 
     def _count(self) -> None:
         self.sessions_started += 1
@@ -127,15 +161,15 @@ def default_block_size(pipe) -> int:
     return wanted if wanted in choices else min(choices)
 
 
-def server_from_env(pipe, time_limit_s: float) -> LiveServer:
-    """The app's `LiveServer`: `PORTRAIT_RT_REALTIME_STREAMS` at once (default: `default_capacity`, measured per
-    device: 3 on a 2-core CPU), `PORTRAIT_RT_REALTIME_WAITING` in line (default 8), and a session ends when it falls
-    `PORTRAIT_RT_REALTIME_BACKLOG_S` behind the microphone (default `MAX_BACKLOG_S`)."""
+def server_from_env(pipe, time_limit_s: float = limits.LIVE_TIME_LIMIT_S) -> LiveServer:
+    """The app's `LiveServer`, its limits from `space.limits`: `PORTRAIT_RT_REALTIME_STREAMS` at once (default:
+    `default_capacity`, measured per device: 3 on a 2-core CPU), `PORTRAIT_RT_REALTIME_WAITING` in line, and a
+    session ends when it falls `PORTRAIT_RT_REALTIME_BACKLOG_S` behind the microphone."""
     return LiveServer(
         pipe,
-        capacity=env_int("PORTRAIT_RT_REALTIME_STREAMS", default_capacity(pipe)),
-        max_waiting=env_int("PORTRAIT_RT_REALTIME_WAITING", 8),
-        max_backlog_s=env_int("PORTRAIT_RT_REALTIME_BACKLOG_S", MAX_BACKLOG_S),
+        capacity=limits.realtime_streams(default_capacity(pipe)),
+        max_waiting=limits.REALTIME_WAITING,
+        max_backlog_s=limits.LIVE_MAX_BACKLOG_S,
         time_limit_s=time_limit_s,
     )
 

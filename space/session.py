@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 import numpy as np
 
@@ -18,7 +19,8 @@ from space.gate import LiveGate, LiveRefused
 
 logger = logging.getLogger(__name__)
 IDLE_TIMEOUT_S = 10.0  # no audio for this long (after "ready"): the microphone is gone, the session ends
-MAX_BACKLOG_S = 3.0  # audio waiting for the model: more than this and the stream is not real time any more
+MAX_AHEAD_S = 1.0  # audio may arrive this much faster than the wall clock (network bursts), no more
+MAX_CHUNK_S = 1.0  # the longest audio message (the page sends 40 ms)
 
 _STOP = object()
 
@@ -55,6 +57,7 @@ class Session:
         self.ws, self.request, self.worker, self.time_limit_s = ws, request, worker, time_limit_s
         self.inbox = Inbox()
         self.admitted = asyncio.Event()
+        self.clock = time.monotonic()  # when the microphone may have started: reset at "ready"
 
     async def run(self, gate: LiveGate, on_admitted=lambda: None) -> None:
         """Wait in `gate`'s line, then stream; `on_admitted()` once a slot is held. Ends with the socket closed."""
@@ -99,16 +102,35 @@ class Session:
             await close(ws)
 
     async def _receive(self) -> None:
-        """Everything the client sends; ends when the socket closes."""
+        """Everything the client sends; ends when the socket closes. Audio faster than real time, or in messages
+        over `MAX_CHUNK_S`, is a protocol error (what the model has not caught up with is bounded by the worker)."""
+        rate, arrived = self.request.sample_rate, 0
         while True:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            if message.get("bytes") is not None:
+            data = message.get("bytes")
+            if data is not None:
                 if not self.admitted.is_set():
                     raise ValueError("Audio came before the server said 'ready'.")
-                self.inbox.put(np.frombuffer(message["bytes"], "<i2"))
-            elif json.loads(message.get("text") or "{}").get("type") == "stop":
+                if len(data) % 2 or len(data) > 2 * MAX_CHUNK_S * rate:
+                    raise ValueError(f"Audio messages must be int16 PCM, at most {MAX_CHUNK_S:g} s each.")
+                arrived += len(data) // 2
+                elapsed = time.monotonic() - self.clock
+                if arrived / rate > elapsed + MAX_AHEAD_S:
+                    raise ValueError(
+                        f"Audio is arriving faster than real time ({arrived / rate:.1f} s of it in {elapsed:.1f} s); "
+                        "send the microphone's audio as it is captured."
+                    )
+                self.inbox.put(np.frombuffer(data, "<i2"))
+                continue
+            try:
+                control = json.loads(message.get("text") or "{}")
+            except ValueError:
+                control = None
+            if not isinstance(control, dict):
+                raise ValueError('After "start", text messages must be JSON such as {"type": "stop"}.')
+            if control.get("type") == "stop":
                 self.inbox.stop()
 
     async def _stream(self) -> None:
@@ -128,6 +150,7 @@ class Session:
                     "sample_rate": SAMPLE_RATE,
                 }
             )
+            self.clock = time.monotonic()  # the microphone opens now
             sender = asyncio.create_task(self._send_blocks(live, made))
             received, limit, reason = 0, int(self.time_limit_s * rate), "stopped"
             while not live.ended:

@@ -396,3 +396,21 @@ def test_offline_memory_does_not_grow_with_the_clip(tiny_pipe, monkeypatch, tmp_
     frames_40s = 40 * 25 * 128 * 128 * 3  # what holding the extra 40 s of frames would add (49 MB)
     print(peaks)
     assert peaks[60] - peaks[20] < 0.2 * frames_40s, peaks
+
+
+def test_crafted_paths_are_refused_without_showing_the_servers_folders(server):
+    """A path the page never sends, named in a File API call over plain HTTP (not uploaded, as gradio_client would):
+    Gradio refuses it, and the answer names no server folder (before: "Cannot move /work/.../app.py to the gradio
+    cache dir ...", which showed the app's working folder; a relative path resolved against it)."""
+    import httpx
+
+    _, files, url = server
+    with httpx.Client(timeout=60) as http:
+        uploaded = http.post(url + "gradio_api/upload", files=[("files", open(files["speech"], "rb"))]).json()
+        meta = {"_type": "gradio.FileData"}
+        for path in (str(ROOT / "app.py"), "assets/examples/portrait_a.png", str(ROOT / "missing.wav")):
+            data = [{"path": path, "meta": meta}, {"path": uploaded[0], "meta": meta}, None, None, 2, 2, 1, 0, 2]
+            answer = http.post(url + "gradio_api/call/generate", json={"data": data})
+            assert answer.status_code == 400, answer.text  # refused: not uploaded by a user
+            assert str(ROOT) not in answer.text and os.getcwd() not in answer.text, answer.text
+            assert Path(path).name in answer.text  # it still says which file

@@ -30,7 +30,12 @@ require_chromium(lc.CHROMIUM)
 def app_url(tmp_path_factory):
     """The app with the bundled model; one live slot and one place in line (so the third user is refused)."""
     ARTIFACTS.mkdir(exist_ok=True)
-    env = {"PORTRAIT_RT_REALTIME_STREAMS": "1", "PORTRAIT_RT_REALTIME_WAITING": "1"}
+    # (Every tab here comes from 127.0.0.1: the per-client cap is lifted to 3 so that the line is what refuses.)
+    env = {
+        "PORTRAIT_RT_REALTIME_STREAMS": "1",
+        "PORTRAIT_RT_REALTIME_WAITING": "1",
+        "PORTRAIT_RT_REALTIME_PER_CLIENT": "3",
+    }
     with lc.run_app(ARTIFACTS / "app-server-live-rt.log", **env) as url:
         yield url
 
@@ -113,3 +118,36 @@ def test_a_tab_closed_mid_stream_frees_its_slot(browser, app_url):
     lc.hang_up(follower)
     assert lc.wait_state(follower, ("ended", "error"), timeout_ms=30_000) == "ended"
     follower.context.close()
+
+
+def test_three_large_phone_photos_are_shrunk_in_the_page_and_talk_works(browser, app_url, tmp_path):
+    """Three 4000x3000 photos of ~5.6 MB each (17 MB: over the socket's 16 MiB message limit as they are; before,
+    Talk ended with "The connection to the server closed"): the page shrinks each to 1024 px before sending, so the
+    start message is small and the stream goes live."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    photos = []
+    for i in range(3):
+        path = tmp_path / f"phone_{i}.jpg"
+        noise = rng.integers(0, 255, (3000 // 4, 4000 // 4, 3), np.uint8).repeat(4, 0).repeat(4, 1)
+        Image.fromarray(noise).save(path, quality=97)
+        photos.append(path)
+    assert sum(p.stat().st_size for p in photos) > 16 * 2**20
+    page = lc.open_live(browser, app_url, reference=photos[0], play_voice=False)
+    for slot, photo in ((2, photos[1]), (3, photos[2])):
+        page.locator(f"#ref{slot} input[type=file]").set_input_files(str(photo))
+        page.locator(f"#ref{slot} img").first.wait_for(timeout=30_000)
+    sent = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(len(payload))))
+    lc.talk(page)
+    assert lc.wait_state(page, ("live", "error", "refused")) == "live", lc.status_text(page)
+    start_bytes = sent[0]
+    assert start_bytes < 3 * 2**20, start_bytes  # three ~1024 px JPEGs, not 17 MB
+    lc.hang_up(page)
+    assert lc.wait_state(page, ("ended", "error"), timeout_ms=30_000) == "ended"
+    print(
+        f"start message: {start_bytes / 1e6:.2f} MB for {sum(p.stat().st_size for p in photos) / 1e6:.1f} MB of photos"
+    )
+    page.context.close()

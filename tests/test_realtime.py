@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from starlette.testclient import TestClient
 
 from portrait_rt.serving.protocol import pack_block, parse_start, unpack_block
 from space.gate import LiveGate, LiveRefused
-from space.realtime import LiveServer, env_int
+from space.realtime import LiveServer
 from tests.conftest import speech_like
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,7 +47,7 @@ def _start(portraits, **overrides) -> dict:
 
 @pytest.fixture
 def server(tiny_pipe):
-    live = LiveServer(tiny_pipe, capacity=1, max_waiting=1, time_limit_s=3.0)
+    live = LiveServer(tiny_pipe, capacity=1, max_waiting=1, time_limit_s=3.0, per_client=10)
     with TestClient(Starlette(routes=live.routes())) as client:
         yield live, client
 
@@ -56,8 +57,10 @@ def _pcm(seconds: float, seed: int = 0) -> bytes:
 
 
 def _talk(ws, pcm: bytes, chunk_s: float = 0.04) -> None:
-    step = int(chunk_s * RATE) * 2
-    for i in range(0, len(pcm), step):
+    """Send `pcm` as a microphone does: in real time (the server refuses audio that comes faster)."""
+    step, start = int(chunk_s * RATE) * 2, time.monotonic()
+    for k, i in enumerate(range(0, len(pcm), step)):
+        time.sleep(max(0.0, start + k * chunk_s - time.monotonic()))
         ws.send_bytes(pcm[i : i + step])
 
 
@@ -156,12 +159,12 @@ def test_the_time_limit_ends_a_session_with_its_reason(server, portraits):
     [
         ({"references": []}, "Reference 1"),
         ({"references": ["data:image/png;base64,bm90IGFuIGltYWdl"]}, "not an image"),
-        ({"references": ["http://example.com/a.png"]}, "references[0]"),
-        ({"block_size": 3}, "block_size=3"),
+        ({"references": ["http://example.com/a.png"]}, "Reference 1"),
+        ({"block_size": 3}, "Block size"),
         ({"seed": -1}, "Seed"),
-        ({"num_inference_steps": 1.5}, "num_inference_steps"),
-        ({"guidance_audio": "high"}, "guidance_audio"),
-        ({"guidance_reference": 99}, "guidance_reference"),
+        ({"num_inference_steps": 1.5}, "Denoising steps"),
+        ({"guidance_audio": "high"}, "Audio guidance"),
+        ({"guidance_reference": 99}, "Reference guidance"),
         ({"sample_rate": 100}, "sample_rate"),
         ({"type": "hello"}, "start"),
     ],
@@ -224,20 +227,32 @@ def test_pack_block_round_trip():
     assert np.abs(pcm / 32767 - audio).max() < 1e-4
 
 
-def test_env_int_names_the_variable(monkeypatch):
+def test_a_limit_from_the_environment_names_its_variable(monkeypatch):
+    from space.limits import realtime_streams
+
     monkeypatch.setenv("PORTRAIT_RT_REALTIME_STREAMS", "two")
-    with pytest.raises(ValueError, match="PORTRAIT_RT_REALTIME_STREAMS"):
-        env_int("PORTRAIT_RT_REALTIME_STREAMS", 1)
-    monkeypatch.setenv("PORTRAIT_RT_REALTIME_STREAMS", "3")
-    assert env_int("PORTRAIT_RT_REALTIME_STREAMS", 1) == 3
+    with pytest.raises(ValueError, match="PORTRAIT_RT_REALTIME_STREAMS='two': set it to a whole number"):
+        realtime_streams(3)
+    monkeypatch.setenv("PORTRAIT_RT_REALTIME_STREAMS", "5")
+    assert realtime_streams(3) == 5
+    monkeypatch.delenv("PORTRAIT_RT_REALTIME_STREAMS")
+    assert realtime_streams(3) == 3
 
 
-def test_parse_start_writes_references_for_the_pipelines_own_checks(tiny_pipe, portraits, tmp_path):
-    request = parse_start(_start(portraits, seed=5), tiny_pipe, tmp_path)
-    assert request.references.shape == (1, tiny_pipe.resolution, tiny_pipe.resolution, 3)
-    assert request.sample_rate == RATE
-    assert request.settings["settings"].block_size == 1
+def test_parse_start_checks_the_settings_and_names_the_reference_slots(tiny_pipe, portraits):
+    message = _start(portraits, seed=5, references=[None, _data_url(portraits[0])])
+    request = parse_start(json.dumps(message), tiny_pipe)
+    assert [name for name, _ in request.references] == ["Reference 2"]  # the page's slot, not its index in a list
+    assert request.sample_rate == RATE and request.settings["settings"].block_size == 1
     assert torch.equal(request.settings["generator"].get_state(), torch.Generator().manual_seed(5).get_state())
+
+
+def test_the_decoder_gives_the_references_as_sent():
+    from portrait_rt.serving.references import decode
+
+    image = np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8)
+    (decoded,) = decode([("Reference 1", _data_url(image))], max_pixels=10**6, side=1024)
+    assert np.array_equal(np.asarray(decoded), image)  # a PNG under the size cap: lossless, untouched
 
 
 def test_a_failure_mid_stream_is_told_and_frees_the_slot(tiny_pipe, portraits, monkeypatch):

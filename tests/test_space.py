@@ -15,7 +15,7 @@ import torch
 from portrait_rt.audio import AudioStreamBuffer
 from portrait_rt.constants import FPS, SAMPLES_PER_FRAME
 from portrait_rt.loading import BUNDLED_MODEL, ModelChoice, choose_model
-from portrait_rt.streaming import BlockRecord, BlockTiming
+from portrait_rt.streaming import BlockTiming
 from portrait_rt.video import read_video
 from space.inputs import collect_references, load_speech, make_generator, user_errors
 from space.live import LiveSession, LiveStream, run_live
@@ -27,41 +27,27 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "assets" / "examples"
 
 
-# ---------------------------------------------------------------------------------------------- a stand-in pipeline
-class FakePipe:
-    """The pipeline's streaming contract without a model: block records of 5 then 8 frames, each carrying the
-    model-rate audio of its frames; flush pads the last block with silence and trims it to the audio.
+def _stream(pipe, portraits):
+    """A stream of the tiny pipeline in blocks of 4 video frames (segments then close as soon as they may)."""
+    generator = torch.Generator().manual_seed(0)
+    return pipe.start_stream(portraits[:1], num_inference_steps=1, generator=generator, block_size=1)
 
-    Frame i is a flat grey of brightness 8 * (i % 30) + 10, so order and continuity survive h.264.
-    """
 
-    def start_stream(self):
-        return SimpleNamespace(audio=AudioStreamBuffer(), video_frames=0, blocks=0)
+class _Recorded:
+    """The tiny pipeline, keeping a copy of every block record it hands out (what the segments must hold)."""
 
-    def _size(self, stream):
-        return 5 if stream.video_frames == 0 else 8
-
-    def _block(self, stream, samples):
-        n, first = self._size(stream), stream.video_frames
-        i = np.arange(first, first + n)
-        frames = np.broadcast_to((8 * (i % 30) + 10).astype(np.uint8)[:, None, None, None], (n, 32, 32, 3)).copy()
-        audio = np.pad(samples, (0, n * SAMPLES_PER_FRAME - samples.size))
-        stream.video_frames, stream.blocks = first + n, stream.blocks + 1
-        return BlockRecord(frames, audio, first, BlockTiming(stream.blocks - 1, n, denoise_ms=10.0, latency_ms=12.0))
+    def __init__(self, pipe):
+        self.pipe, self.records = pipe, []
 
     def feed(self, stream, samples, rate):
-        stream.audio.push(samples, rate)
-        while (samples := stream.audio.pop(self._size(stream) * SAMPLES_PER_FRAME)) is not None:
-            yield self._block(stream, samples)
+        out = list(self.pipe.feed(stream, samples, rate))
+        self.records += out
+        return out
 
     def flush(self, stream):
-        stream.audio.close()
-        total = -(-stream.audio.total_samples // SAMPLES_PER_FRAME)
-        while stream.video_frames < total:
-            block = self._block(stream, stream.audio.pop(self._size(stream) * SAMPLES_PER_FRAME, partial=True))
-            keep = total - block.first_frame
-            block.frames, block.audio = block.frames[:keep], block.audio[: keep * SAMPLES_PER_FRAME]
-            yield block
+        out = list(self.pipe.flush(stream))
+        self.records += out
+        return out
 
 
 def _chunks(x, rate, seed=0):
@@ -167,10 +153,10 @@ def test_speed_readout():
 
 
 # ---------------------------------------------------------------------------------------------- live segments
-def test_live_stream_segments_carry_their_audio_and_continue(tmp_path):
-    pipe = FakePipe()
+def test_live_stream_segments_carry_their_audio_and_continue(tiny_pipe, portraits, tmp_path):
+    pipe = _Recorded(tiny_pipe)
     x = speech_like(2.5, 48000)
-    live = LiveStream(pipe, pipe.start_stream(), tmp_path)
+    live = LiveStream(pipe, _stream(tiny_pipe, portraits), tmp_path)
     segments = []
     for samples, rate in _chunks((x * 32767).astype(np.int16), 48000):  # the microphone's int16 at 48 kHz
         segments += live.feed(samples, rate)
@@ -193,9 +179,11 @@ def test_live_stream_segments_carry_their_audio_and_continue(tmp_path):
     # Continuous timestamps: each segment starts where the previous ones end.
     expected = np.cumsum([0] + sizes[:-1]) / FPS
     assert np.allclose(np.array(starts) - starts[0], expected, atol=0.05)
-    # Frames in order (brightness encodes the frame index).
-    brightness = np.concatenate(frames).mean(axis=(1, 2, 3))
-    assert np.allclose(brightness, 8 * (np.arange(total) % 30) + 10, atol=3)
+    # The pipeline's frames, in order, through h.264: each far closer to its own twin than to the other frames.
+    made = np.concatenate([r.frames for r in pipe.records]).astype(np.float32)
+    streamed = np.concatenate(frames).astype(np.float32)
+    err = np.abs(streamed[:, None] - made[None]).mean(axis=(2, 3, 4))
+    assert (err.argmin(axis=1) == np.arange(total)).mean() > 0.9
     # Each segment's audio is the model-rate audio that drove its frames (AAC is lossy: compare envelopes).
     model_rate = AudioStreamBuffer()
     model_rate.push(x, 48000)
@@ -252,28 +240,42 @@ def test_live_session_refuses_a_second_stream():
     assert not s.stop_requested and s.begin()
 
 
-def test_run_live_flushes_the_tail_after_stop(tmp_path):
-    pipe, session = FakePipe(), LiveSession()
+def test_a_refused_recording_leaves_nothing_for_the_next_one():
+    """The settings check refuses a recording before its stream starts (`begin` never runs): its audio, queued all
+    the same, is dropped when the next recording starts."""
+    s = LiveSession()
+    s.start_recording()
+    s.push((48000, np.ones(48000, np.int16)))  # the refused recording's second of audio
+    s.stop()
+    s.start_recording()
+    assert not s.chunks and not s.stop_requested
+    s.push((48000, np.ones(480, np.int16)))
+    assert s.begin() and len(s.chunks) == 1  # the new recording's own chunk only
+
+
+def test_run_live_flushes_the_tail_after_stop(tiny_pipe, portraits, tmp_path):
+    pipe, session = tiny_pipe, LiveSession()
     assert session.begin()
     x = (speech_like(1.7, 16000) * 32767).astype(np.int16)
     for samples, rate in _chunks(x, 16000):
         session.push((rate, samples))
     session.stop()  # stopped mid-block: 1.7 s is 42.5 frames
-    live = LiveStream(pipe, pipe.start_stream(), tmp_path)
+    live = LiveStream(pipe, _stream(pipe, portraits), tmp_path)
     out = list(run_live(live, session, poll_s=0.001, grace_s=0.01))
     assert live.frames_written == 43  # the tail block was flushed (padded, then trimmed to the audio)
     assert [p for p, _ in out] == live.segments and "43 frames" in out[-1][1]
     assert not session.running  # ready for the next recording
 
 
-def test_run_live_ends_when_the_microphone_goes_quiet(tmp_path):
-    pipe, session = FakePipe(), LiveSession()
+def test_run_live_ends_when_the_microphone_goes_quiet(tiny_pipe, portraits, tmp_path):
+    pipe, session = tiny_pipe, LiveSession()
     session.begin()
     session.push((16000, np.ones(16000, np.int16)))
-    live = LiveStream(pipe, pipe.start_stream(), tmp_path)
+    live = LiveStream(pipe, _stream(pipe, portraits), tmp_path)
     start = time.monotonic()
     out = list(run_live(live, session, poll_s=0.001, idle_timeout_s=0.2))  # no stop event ever comes
-    assert time.monotonic() - start < 5 and live.frames_written == 25 and len(out) == 1
+    model_s = sum(t.total_ms for t in live.timings) / 1e3
+    assert time.monotonic() - start - model_s < 5 and live.frames_written == 25 and len(out) == 1
 
 
 # ---------------------------------------------------------------------------------------------- file mode

@@ -2,38 +2,78 @@
 back packed as binary messages (`pack_block`; `unpack_block` reads them).
 
 The library's, so that every server of the protocol speaks it the same way: the Space's live path (`space/realtime.py`,
-`space/session.py`) and the Ray Serve deployment (`portrait_rt.serving.ray_app`). No web framework here."""
+`space/session.py`) and the Ray Serve deployment (`portrait_rt.serving.ray_app`). No web framework here.
+
+`parse_start` is the one place a start message is read: every setting bounded as the page's widgets bound it (the
+`Bound`s below, which the page is built from), each error naming the field in the page's words ("Reference 1",
+"Denoising steps"). It is pure work on a string; the references it leaves as data URLs, for
+`portrait_rt.serving.references.decode` to decode, in a worker process (`space.decoder`) or, for a server with no
+event loop to keep free, with `LiveRequest.decoded`.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
+import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from portrait_rt.constants import FPS, MAX_REFERENCES, SAMPLE_RATE
-from portrait_rt.images import load_reference_images
+from portrait_rt.constants import FPS, MAX_REFERENCES, SAMPLE_RATE, valid_block_sizes
+from portrait_rt.serving.references import decode
 
 MAX_SEED = 2**31 - 1
-MAX_REFERENCE_BYTES = 20 * 2**20
 MIN_CLIENT_RATE, MAX_CLIENT_RATE = 8_000, 192_000
 JPEG_QUALITY = 85
+MAX_PIXELS = 40_000_000  # decoded pixels of all of a message's references (checked from their headers)
+REFERENCE_SIDE = 1024  # a reference's long side once decoded (the page shrinks photos to this before sending)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A setting's range as the page's widget allows it (the widget is built from it, and the live socket checks the
+    same): `check` returns the value or raises `ValueError` in the page's words, naming the field."""
+
+    label: str
+    low: float
+    high: float
+    whole: bool = False
+
+    def accepts(self) -> str:
+        if self.whole:
+            return f"a whole number from {int(self.low)} to {int(self.high)}"
+        return f"a number from {self.low:g} to {self.high:g}"
+
+    def check(self, value):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or (self.whole and not float(value).is_integer()):
+            raise ValueError(f"{self.label}: got {repr(value)[:40]}; use {self.accepts()}.")
+        if not self.low <= value <= self.high:
+            raise ValueError(f"{self.label}: got {repr(value)[:40]}; use {self.accepts()}.")
+        return int(value) if self.whole else float(value)
+
+
+GUIDANCE_AUDIO = Bound("Audio guidance λa", 1, 4)
+GUIDANCE_REFERENCE = Bound("Reference guidance λr", 1, 4)
+STEPS = Bound("Denoising steps", 1, 50, whole=True)
+SEED = Bound("Seed", 0, MAX_SEED, whole=True)
 
 
 @dataclass
 class LiveRequest:
-    """A checked "start" message: the stream's references (loaded) and settings."""
+    """A checked "start" message: the stream's references and settings."""
 
-    references: np.ndarray  # uint8 (M, H, W, 3), as the pipeline loads them
+    references: list  # [(slot name, data URL)] as parsed; PIL images once decoded
     settings: dict  # keyword arguments of `start_stream` except the references
     sample_rate: int  # of the PCM the client will send
+
+    def decoded(self, max_pixels: int = MAX_PIXELS, side: int = REFERENCE_SIDE) -> LiveRequest:
+        """This request with its references decoded here (`ValueError` naming the slot)."""
+        return replace(self, references=decode(self.references, max_pixels, side))
 
 
 def check_reference_count(count: int) -> None:
@@ -46,54 +86,65 @@ def check_reference_count(count: int) -> None:
 
 def make_generator(seed) -> torch.Generator:
     """A CPU generator seeded with `seed` (an integer 0 .. 2^31-1); the pipeline draws its noise from it."""
-    if seed is None or not float(seed).is_integer() or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"Seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}.")
-    return torch.Generator().manual_seed(int(seed))
+    return torch.Generator().manual_seed(SEED.check(seed))
 
 
-def _number(message: dict, name: str, kind=float):
-    value = message.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a number, got {value!r}.")
-    if kind is int and not float(value).is_integer():
-        raise ValueError(f"{name} must be a whole number, got {value!r}.")
-    return kind(value)
+def parse_start(text, pipe) -> LiveRequest:
+    """The client's first message (JSON text, or its parsed dict) -> `LiveRequest`; `ValueError` naming the field.
 
-
-def parse_start(message, pipe, folder: Path) -> LiveRequest:
-    """The client's "start" message -> `LiveRequest`; `ValueError` naming the field to change.
-
-    References arrive as data URLs (what the browser read from the Reference slots); they are written to `folder` and
-    loaded like any uploaded file (the same size and format checks), and the settings checked by the pipeline, all
-    before the session waits for a slot.
-    """
+    Faces are aligned (the pipeline's default); `"paste_back": true` asks for the frames pasted back into the photo
+    (bigger frames, more bandwidth), else they come as the model's square crop."""
+    if isinstance(text, dict):
+        message = text
+    elif isinstance(text, str):
+        try:
+            message = json.loads(text)
+        except ValueError:
+            raise ValueError('The first message must be JSON: {"type": "start", ...}.') from None
+    else:
+        raise ValueError(
+            'The first message must be text: {"type": "start", ...} (JSON); audio is sent after the server says '
+            '"ready".'
+        )
     if not isinstance(message, dict) or message.get("type") != "start":
         raise ValueError('The first message must be {"type": "start", ...}.')
-    refs = [r for r in message.get("references") or [] if r]
-    check_reference_count(len(refs))
-    paths = []
-    for i, ref in enumerate(refs):
-        if not isinstance(ref, str) or not ref.startswith("data:") or "," not in ref:
-            raise ValueError(f"references[{i}] must be a data URL (data:image/...;base64,...).")
-        if len(ref) > MAX_REFERENCE_BYTES * 4 // 3 + 100:
-            raise ValueError(f"references[{i}] is over {MAX_REFERENCE_BYTES // 2**20} MB; upload a smaller portrait.")
-        try:
-            data = base64.b64decode(ref.split(",", 1)[1], validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError(f"references[{i}] is not valid base64.") from None
-        paths.append(folder / f"reference_{i}")
-        paths[-1].write_bytes(data)
-    sample_rate = _number(message, "sample_rate", int)
+    block_size = _whole(message, "block_size", "Block size")
+    sample_rate = _whole(message, "sample_rate", "sample_rate")
     if not MIN_CLIENT_RATE <= sample_rate <= MAX_CLIENT_RATE:
-        raise ValueError(f"sample_rate={sample_rate}; use {MIN_CLIENT_RATE} to {MAX_CLIENT_RATE} Hz.")
-    run_settings = pipe.stream_settings(  # built and checked once, here (the block size against the KV window too)
-        guidance_audio=_number(message, "guidance_audio"),
-        guidance_reference=_number(message, "guidance_reference"),
-        num_inference_steps=_number(message, "num_inference_steps", int),
-        block_size=_number(message, "block_size", int),
+        raise ValueError(f"sample_rate: got {sample_rate}; use {MIN_CLIENT_RATE} to {MAX_CLIENT_RATE} Hz.")
+    paste_back = message.get("paste_back", False)
+    if not isinstance(paste_back, bool):
+        raise ValueError(f"paste_back: got {repr(paste_back)[:40]}; use true or false.")
+    choices = valid_block_sizes(int(pipe.transformer.config.kv_window))
+    if block_size not in choices:
+        raise ValueError(f"Block size: got {block_size}; use one of {choices}.")
+    run_settings = pipe.stream_settings(  # built and checked once, here
+        guidance_audio=GUIDANCE_AUDIO.check(message.get("guidance_audio")),
+        guidance_reference=GUIDANCE_REFERENCE.check(message.get("guidance_reference")),
+        num_inference_steps=STEPS.check(message.get("num_inference_steps")),
+        block_size=block_size,
+        paste_back=paste_back,
     )
-    settings = {"settings": run_settings, "generator": make_generator(_number(message, "seed", int))}
-    return LiveRequest(load_reference_images(paths, pipe.resolution), settings, sample_rate)
+    settings = {"settings": run_settings, "generator": make_generator(message.get("seed"))}
+    return LiveRequest(reference_slots(message.get("references")), settings, sample_rate)
+
+
+def _whole(message: dict, key: str, label: str) -> int:
+    value = message.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise ValueError(f"{label}: got {repr(value)[:40]}; use a whole number.")
+    return int(value)
+
+
+def reference_slots(slots) -> list[tuple[str, object]]:
+    """The page's Reference slots (a data URL each, None where empty) -> `[(slot name, data URL)]` of those filled."""
+    if not isinstance(slots, list) or len(slots) > MAX_REFERENCES:
+        raise ValueError(
+            f"references: send a list of the {MAX_REFERENCES} Reference slots (a data URL each, null if empty)."
+        )
+    filled = [(f"Reference {slot}", ref) for slot, ref in enumerate(slots, start=1) if ref]
+    check_reference_count(len(filled))
+    return filled
 
 
 def pack_block(record, quality: int = JPEG_QUALITY) -> bytes:

@@ -29,10 +29,8 @@ import json
 import logging
 import signal
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 
@@ -115,8 +113,7 @@ class Mailboxes:
 
 
 def _parse_start(parse_start, message, pipe):
-    with tempfile.TemporaryDirectory(prefix="portrait-rt-serve-") as folder:  # gone once the images are read
-        return parse_start(message, pipe, Path(folder))
+    return parse_start(message, pipe).decoded()  # the references decoded here, in the replica's worker thread
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, graceful_shutdown_timeout_s=5.0)

@@ -31,12 +31,44 @@ function status(text, state) {
   if (el) { el.textContent = text; el.dataset.state = state; }
 }
 
-async function dataURL(file) {
-  if (!file || !file.url) return null;
-  const blob = await (await fetch(file.url)).blob();
-  return await new Promise((ok, fail) => {
+const REFERENCE_SIDE = 1024; // a reference's long side as sent (the model needs 128 px; this keeps paste-back sharp)
+const SEND_AS_IS_BYTES = 2 * 2 ** 20; // a file this small and no larger than REFERENCE_SIDE is sent untouched
+
+function readAsDataURL(blob) {
+  return new Promise((ok, fail) => {
     const r = new FileReader(); r.onload = () => ok(r.result); r.onerror = fail; r.readAsDataURL(blob);
   });
+}
+
+// A Reference slot's image as a data URL, shrunk in the browser to REFERENCE_SIDE on its long side (upright, on
+// white where it was transparent, as a JPEG): any photo a phone takes fits in the socket's 16 MB message. A file
+// already small is sent as it is; one the browser cannot draw (TIFF...) too, for the server's own loader to judge.
+async function reference(file) {
+  if (!file || !file.url) return null;
+  const blob = await (await fetch(file.url)).blob();
+  let bitmap;
+  try { bitmap = await createImageBitmap(blob, { imageOrientation: "from-image" }); } catch (err) {
+    return await readAsDataURL(blob);
+  }
+  const scale = REFERENCE_SIDE / Math.max(bitmap.width, bitmap.height);
+  if (scale >= 1 && blob.size <= SEND_AS_IS_BYTES) { bitmap.close(); return await readAsDataURL(blob); }
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.max(1, Math.round(bitmap.width * Math.min(1, scale)));
+  canvas.height = Math.max(1, Math.round(bitmap.height * Math.min(1, scale)));
+  const g = canvas.getContext("2d");
+  g.fillStyle = "#fff"; g.fillRect(0, 0, canvas.width, canvas.height);
+  g.imageSmoothingQuality = "high";
+  g.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  bitmap.close();
+  return canvas.toDataURL("image/jpeg", 0.92);
+}
+
+// Why the socket closed, in words, when the server could not say it in a message.
+function closedWhy(code) {
+  if (code === 1009) return "The portraits are too large to send (the server takes messages up to 16 MB); " +
+    "use smaller photos, then press Talk again.";
+  if (code === 1008) return "The server refused this page (its address is not allowed); open the Space's own page.";
+  return "The connection to the server closed; press Talk to try again.";
 }
 
 function percentile(xs, q) {
@@ -57,17 +89,17 @@ export async function start(...values) {
   status("Connecting…", "connecting");
   const canvas = $("rt-canvas");
   if (canvas) canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
-  const references = (await Promise.all([r1, r2, r3].map(dataURL))).filter(Boolean);
+  const references = await Promise.all([r1, r2, r3].map(reference)); // one per slot, null where empty
   const url = new URL("ws", import.meta.url.replace("/static/live.js", "/"));
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   const ws = (s.ws = new WebSocket(url));
   ws.binaryType = "arraybuffer";
   ws.onopen = () => ws.send(JSON.stringify({ type: "start", references, guidance_audio: guidanceAudio,
     guidance_reference: guidanceReference, num_inference_steps: steps, seed, block_size: Number(blockSize),
-    sample_rate: ctx.sampleRate }));
+    sample_rate: ctx.sampleRate, paste_back: false })); // the model's square crop: ~4 KB a frame, not a photo's
   ws.onmessage = (e) => (typeof e.data === "string" ? onMessage(s, JSON.parse(e.data)) : onBlock(s, e.data));
-  ws.onclose = () => {
-    if (!s.ended) finish(s, "The connection to the server closed.");
+  ws.onclose = (e) => {
+    if (!s.ended) finish(s, closedWhy(e.code));
     else if (s.delay === null) finish(s, null); // nothing left to play
   };
   requestAnimationFrame(() => draw(s));
