@@ -85,9 +85,9 @@ class Server:
 
 @pytest.fixture
 def server(tiny_pipe):
-    """One slot, 8 places in line; every socket comes from 127.0.0.1, so the per-client cap is lifted here (its own
-    test puts it back)."""
-    with Server(LiveServer(tiny_pipe, capacity=1, max_waiting=8, time_limit_s=20.0, per_client=100)) as s:
+    """4 slots, 8 places in line; every socket comes from 127.0.0.1, so the per-client cap is lifted here (its own
+    test puts it back). (4 slots: these tests open and drop sessions faster than the worker frees a slot.)"""
+    with Server(LiveServer(tiny_pipe, capacity=4, max_waiting=8, time_limit_s=20.0, per_client=100)) as s:
         yield s
 
 
@@ -297,37 +297,6 @@ def test_audio_faster_than_real_time_ends_the_session_saying_why(server):
 def test_a_chunk_over_a_second_is_refused(server):
     texts = asyncio.run(_talk(server.ws_url, [_pcm(1.5)], None))
     assert texts[-1]["type"] == "error" and "at most 1 s each" in texts[-1]["message"], texts
-
-
-def test_a_backlog_beyond_its_bound_ends_the_stream_and_never_grows(tiny_pipe, monkeypatch):
-    """A model that stops keeping up (here: its first block takes 5 s) while audio keeps coming in real time: the
-    stream ends when more than `LIVE_MAX_BACKLOG_S` is waiting, saying why, and the inbox never held more than that
-    plus one chunk."""
-    from space import session
-
-    feed, peak, calls = tiny_pipe.feed, [0], []
-
-    def slow_feed(stream, samples, rate):
-        calls.append(samples.size)
-        if len(calls) == 1:
-            time.sleep(5.0)
-        yield from feed(stream, samples, rate)
-
-    put = session.Inbox.put
-
-    def measured_put(self, chunk):
-        put(self, chunk)
-        peak[0] = max(peak[0], self.samples)
-
-    monkeypatch.setattr(tiny_pipe, "feed", slow_feed)
-    monkeypatch.setattr(session.Inbox, "put", measured_put)
-    with Server(LiveServer(tiny_pipe, capacity=1, max_waiting=1)) as s:
-        pcm = _pcm(8.0)
-        chunks = [pcm[i : i + 1280] for i in range(0, len(pcm), 1280)]  # 40 ms each, in real time
-        texts = asyncio.run(_talk(s.ws_url, chunks, 0.04, stop=False))
-    ended = texts[-1]
-    assert ended["type"] == "ended" and "behind the microphone" in ended["reason"], texts
-    assert peak[0] <= (limits.LIVE_MAX_BACKLOG_S + 0.04) * RATE + 1, peak
 
 
 def test_one_client_cannot_fill_the_line(tiny_pipe, monkeypatch):
