@@ -88,7 +88,7 @@ def test_a_second_user_waits_in_line_and_a_third_is_refused(browser, app_url):
     assert "busy" in lc.status_text(third).lower()
     third.screenshot(path=str(ARTIFACTS / "23-live-rt-refused.png"), full_page=True)
     gate = lc.gate_state(app_url)
-    assert (gate["active"], gate["waiting"]) == (1, 1), gate
+    assert (gate["active"], gate["waiting"]) == (1, 1), (gate, lc.status_text(second), lc.status_text(first))
     lc.hang_up(first)
     assert lc.wait_state(first, ("ended", "error"), timeout_ms=30_000) == "ended"
     assert lc.wait_state(second, ("live", "error"), timeout_ms=30_000) == "live"  # its turn: only now its mic opens
