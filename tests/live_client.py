@@ -70,7 +70,9 @@ def _free_port() -> int:
 def run_app(log: Path, timeout_s: float = 240, **env):
     """`python app.py` (the bundled model unless `PORTRAIT_RT_MODEL` is given) on a free port; yields its URL."""
     port = _free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", **env}
+    # Every tab of these tests comes from one address (127.0.0.1): the per-client cap on live sockets is lifted.
+    defaults = {"GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", "PORTRAIT_RT_REALTIME_PER_CLIENT": "16"}
+    env = {**os.environ, **defaults, **env}
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
