@@ -400,7 +400,7 @@ def test_offline_memory_does_not_grow_with_the_clip(tiny_pipe, monkeypatch, tmp_
 
 def test_crafted_paths_are_refused_without_showing_the_servers_folders(server):
     """A path the page never sends, named in a File API call over plain HTTP (not uploaded, as gradio_client would):
-    Gradio refuses it, and the answer names no server folder (before: "Cannot move /work/.../app.py to the gradio
+    Gradio refuses it, and the answer names no server folder (before: "Cannot move <app folder>/app.py to the gradio
     cache dir ...", which showed the app's working folder; a relative path resolved against it)."""
     import httpx
 
