@@ -17,7 +17,7 @@ Live (both paths):
 - `PORTRAIT_RT_LIVE_STREAMS` (2): Gradio-recorder live streams at once (all users).
 
 The low-latency live socket (`space.realtime`):
-- `PORTRAIT_RT_REALTIME_STREAMS` (measured per device: 3 on a 2-core CPU): streams at once;
+- `PORTRAIT_RT_REALTIME_STREAMS` (measured per device: 2 on a 2-core CPU): streams at once;
   `PORTRAIT_RT_REALTIME_WAITING` (8): in line.
 - `PORTRAIT_RT_REALTIME_BACKLOG_S` (3): audio waiting for the model; beyond it a stream is not real time any more
   and ends, saying so (memory per session stays bounded by it).

@@ -163,7 +163,7 @@ def default_block_size(pipe) -> int:
 
 def server_from_env(pipe, time_limit_s: float = limits.LIVE_TIME_LIMIT_S) -> LiveServer:
     """The app's `LiveServer`, its limits from `space.limits`: `PORTRAIT_RT_REALTIME_STREAMS` at once (default:
-    `default_capacity`, measured per device: 3 on a 2-core CPU), `PORTRAIT_RT_REALTIME_WAITING` in line, and a
+    `default_capacity`, measured per device: 2 on a 2-core CPU), `PORTRAIT_RT_REALTIME_WAITING` in line, and a
     session ends when it falls `PORTRAIT_RT_REALTIME_BACKLOG_S` behind the microphone."""
     return LiveServer(
         pipe,

@@ -43,12 +43,12 @@ from portrait_rt.streaming import BlockRecord, Stream, StreamGroup
 
 logger = logging.getLogger(__name__)
 
-# Sessions a worker admits by default. CPU: 3, from the batched step's speed on a 2-core CPU without other load
-# (`python -m portrait_rt bench --streams 3 --threads 2`: 38 FPS per stream, 27 with 4). benchmarks/live_batch.py
-# measures it at the live defaults with real-time feeders; on the shared 2-core machine at load 8-10 not even one
-# session kept up (benchmarks/results/live_batch_cpu_loaded.json), so it needs a rerun on an idle machine. CUDA: 8,
-# not measured yet (no GPU lent; benchmarks/gpu_check.sh measures streams per GPU).
-CPU_CAPACITY = 3
+# Sessions a worker admits by default, measured with benchmarks/live_batch.py at the live defaults (block size 2,
+# 12 steps, CFG 2/2, one reference; real-time feeders): on the shared 2-core CPU at load 4-5 with 2 threads, 1 session
+# kept up (lag 0.32 s), 2 nearly (22-23 FPS during talk, lag 0.68 / 0.84 s, flat), 3 fell behind
+# (benchmarks/results/live_batch_cpu.json). On an idle 2-core machine 3 may hold (`bench --streams 3`: 38 FPS each at
+# block size 4): rerun there, or set PORTRAIT_RT_REALTIME_STREAMS. CUDA: 8, not measured (no GPU lent).
+CPU_CAPACITY = 2
 CUDA_CAPACITY = 8
 EMPTY = object()  # `WorkerSession.poll`: nothing yet
 
