@@ -71,6 +71,23 @@ def test_capacity_is_the_admission_limit_and_a_cancel_frees_the_slot(tiny_pipe, 
         worker.shutdown()
 
 
+def test_a_cancelled_sessions_slot_is_free_at_once_before_the_worker_steps(tiny_pipe, portraits):
+    """The Space's gate frees its slot as a socket closes and may admit the next user at once: the worker must take
+    them though its thread has not yet stepped to free the old stream (it raised WorkerFull in that gap)."""
+    gate = threading.Event()  # the worker's thread waits here: nothing is stepped or cleaned up meanwhile
+    worker = StreamWorker(tiny_pipe, capacity=1, lease=lambda: _held(gate))
+    try:
+        worker.open(portraits[:1], **KW).cancel()
+        second = worker.open(portraits[:1], **KW)  # no WorkerFull
+        assert worker.active == 1
+        with pytest.raises(WorkerFull):
+            worker.open(portraits[:1], **KW)
+        second.cancel()
+    finally:
+        gate.set()
+        worker.shutdown()
+
+
 def test_a_session_that_falls_behind_ends_saying_so(tiny_pipe, portraits):
     gate = threading.Event()
     worker = StreamWorker(tiny_pipe, max_backlog_s=0.5, lease=lambda: _held(gate))

@@ -186,7 +186,7 @@ class StreamWorker:
         with self._lock:
             if self._stopping:
                 raise RuntimeError("This worker has been shut down.")
-            if len(self._sessions) >= self.capacity:
+            if self.active >= self.capacity:
                 raise WorkerFull(f"All {self.capacity} live slot(s) of this worker are taken.")
             frames = video_frames_for_latents(settings.block_size, first=False)
             options = {"generator": generator, "settings": settings}
@@ -197,8 +197,9 @@ class StreamWorker:
 
     @property
     def active(self) -> int:
-        """Sessions open now."""
-        return len(self._sessions)
+        """Sessions open now. A cancelled or ended one no longer counts, though the worker's thread frees its stream
+        only at its next step: a slot a gate hands on at once is free here at once."""
+        return sum(not s._cancelled for s in self._sessions)
 
     def shutdown(self, timeout: float | None = 10.0) -> None:
         """End every session (cancelled) and stop the thread."""
