@@ -38,8 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from portrait_rt.constants import MAX_REFERENCES
-from portrait_rt.images import load_photo
+from portrait_rt.images import load_photo, reference_list
 
 MAX_PHOTO_SIDE = 1024  # a photo's result is at most this large on its long side
 DETECT_SIDE = 640  # faces are searched on a copy at most this large (the cascade's time grows with the pixels)
@@ -230,17 +229,9 @@ def align_face(
 def align_references(images, resolution: int, align: bool = True, require_face: bool = False) -> list[FaceAlignment]:
     """1-3 references (a single one or a list; paths, PIL images, arrays or `FaceAlignment`s) -> one
     `FaceAlignment` each, every reference aligned on its own face (`align_face`)."""
-    if images is None:
-        raise ValueError("Give at least one reference image (a portrait of the person to animate).")
-    if isinstance(images, (str, Image.Image, FaceAlignment)) or (isinstance(images, np.ndarray) and images.ndim <= 3):
-        images = [images]
-    images = [im for im in images if im is not None]
-    if not images:
-        raise ValueError("Give at least one reference image (a portrait of the person to animate).")
-    if len(images) > MAX_REFERENCES:
-        raise ValueError(f"Got {len(images)} reference images; give 1 to {MAX_REFERENCES}.")
     return [
-        align_face(im, resolution, align, require_face, name=f"Reference {i}") for i, im in enumerate(images, start=1)
+        align_face(im, resolution, align, require_face, name=f"Reference {i}")
+        for i, im in enumerate(reference_list(images), start=1)
     ]
 
 

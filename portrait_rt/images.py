@@ -111,18 +111,26 @@ def load_image(source, resolution: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def load_reference_images(images, resolution: int) -> np.ndarray:
-    """1-3 reference images (a single one or a list) -> uint8 (M, resolution, resolution, 3)."""
+def reference_list(images) -> list:
+    """1-3 references as given (a single one, a list or tuple, or a stacked (M, H, W, C) array) -> a list of 1-3,
+    Nones dropped; `ValueError` for none or too many."""
     if images is None:
         raise ValueError("Give at least one reference image (a portrait of the person to animate).")
-    if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim <= 3):
+    if isinstance(images, np.ndarray) and images.ndim > 3:
+        images = list(images)
+    elif not isinstance(images, (list, tuple)):
         images = [images]
     images = [im for im in images if im is not None]
     if not images:
         raise ValueError("Give at least one reference image (a portrait of the person to animate).")
     if len(images) > MAX_REFERENCES:
         raise ValueError(f"Got {len(images)} reference images; give 1 to {MAX_REFERENCES}.")
-    return np.stack([load_image(im, resolution) for im in images])
+    return images
+
+
+def load_reference_images(images, resolution: int) -> np.ndarray:
+    """1-3 reference images (a single one or a list) -> uint8 (M, resolution, resolution, 3), centre-cropped."""
+    return np.stack([load_image(im, resolution) for im in reference_list(images)])
 
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:

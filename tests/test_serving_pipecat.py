@@ -143,3 +143,18 @@ def test_with_the_bundled_model_the_mouth_moves_while_speaking_and_is_closed_aft
     opening, closed = mouth_opening(talking), mouth_opening(closing)
     assert opening.max() > 0.015  # it talked
     assert closed[-1] < 0.015 and closed[-1] < 0.5 * opening.max(), (opening.round(3), closed.round(3))
+
+
+def test_a_photo_is_aligned_on_its_face_and_the_video_keeps_the_square_crop(tiny_pipe):
+    """A visitor's photo reaches the avatar as it does `pipe.start_stream`: found and framed as the corpus (not the
+    centre crop, which would put the mouth on the neck); the video track keeps one size, the model's square."""
+    import matplotlib
+
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    processor = PortraitAvatarProcessor(tiny_pipe, [str(photo)], seed=0, **SETTINGS)
+    try:
+        first = processor.references[0]
+        assert first.face_found and not processor.settings.paste_back
+        assert processor._at_rest().shape == (tiny_pipe.resolution, tiny_pipe.resolution, 3)
+    finally:
+        processor.worker.shutdown()

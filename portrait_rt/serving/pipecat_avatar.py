@@ -48,7 +48,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from portrait_rt.constants import FPS, video_frames_for_latents
-from portrait_rt.images import load_reference_images
+from portrait_rt.faces import align_references
 from portrait_rt.serving.worker import EMPTY, StreamWorker
 
 
@@ -58,8 +58,9 @@ class PortraitAvatarProcessor(FrameProcessor):
     `engine`: a `StreamWorker` (`portrait_rt.serving.worker`, the live session core; processors sharing one have
     their utterances batched; make it with `max_backlog_s=math.inf`: a TTS sends its speech faster than real time,
     which a microphone's limit would take for a lagging server) or a pipeline (the processor then runs its own).
-    `reference_images`: 1-3 paths / PIL images / arrays (the face); `seed` or `generator`: the noise;
-    `settings` / `options`: the run settings, as for `pipe.start_stream` (`block_size=1` gives the lowest latency).
+    `reference_images`: 1-3 paths / PIL images / arrays (photos are aligned on their faces, as `pipe.start_stream`
+    does); `seed` or `generator`: the noise; `settings` / `options`: the run settings, as for `pipe.start_stream`
+    (`block_size=1` gives the lowest latency; `paste_back` defaults to False here: the video is the square crop).
     `latencies_ms` records, per block, the time from the TTS frame that completed its audio to its first image pushed.
     """
 
@@ -78,12 +79,20 @@ class PortraitAvatarProcessor(FrameProcessor):
         # 2 sessions: one may still be closing; no backlog limit: a TTS sends its speech faster than real time
         self.worker = StreamWorker(engine, capacity=2, max_backlog_s=math.inf) if self._own_worker else engine
         self.pipe = self.worker.pipe
-        self.references = load_reference_images(reference_images, self.pipe.resolution)
-        self.generator = generator or (None if seed is None else torch.Generator().manual_seed(int(seed)))
+        if settings is None:  # the video track keeps one size: the square crop unless the photo is asked for
+            options.setdefault("paste_back", False)
         self.settings = self.pipe.stream_settings(settings, **options)
+        align = self.settings.align_faces
+        self.references = align_references(reference_images, self.pipe.resolution, bool(align), align == "require")
+        self.generator = generator or (None if seed is None else torch.Generator().manual_seed(int(seed)))
         self.latencies_ms: list[float] = []
         self._utterance: _Utterance | None = None
         self._closing: asyncio.Task | None = None
+
+    def _at_rest(self) -> np.ndarray:
+        """The first reference as the video shows it: its photo with `paste_back` (a face found), else its crop."""
+        first = self.references[0]
+        return first.photo if self.settings.paste_back and first.face_found else first.crop
 
     @property
     def block_frames(self) -> int:
@@ -94,7 +103,7 @@ class PortraitAvatarProcessor(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
             await self.push_frame(frame, direction)
-            await self.push_frame(_image(self.references[0]))  # the portrait at rest, until it first speaks
+            await self.push_frame(_image(self._at_rest()))  # the portrait at rest, until it first speaks
         elif isinstance(frame, InterruptionFrame):
             await self.push_frame(frame, direction)
             utterance, self._utterance = self._utterance, None
