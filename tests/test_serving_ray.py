@@ -56,10 +56,12 @@ def _free_port() -> int:
 
 
 def _processes() -> dict[int, tuple[int, str]]:
-    """Every process: pid -> (parent pid, command line), from `ps`."""
-    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
-    rows = (line.split(None, 2) for line in out.splitlines())
-    return {int(r[0]): (int(r[1]), r[2] if len(r) > 2 else "") for r in rows}
+    """Every live process: pid -> (parent pid, command line), from `ps`; zombies (exited, holding nothing but their
+    pid until a parent reaps them) are left out."""
+    cmd = ["ps", "-ww", "-eo", "pid=,ppid=,stat=,args="]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 3) for line in out.splitlines()]
+    return {int(r[0]): (int(r[1]), r[3] if len(r) > 3 else "") for r in rows if not r[2].startswith("Z")}
 
 
 def _descendants(root: int) -> dict[int, str]:
@@ -92,6 +94,7 @@ def cluster(tiny_pipe, tmp_path_factory):
     # Serve kills an HTTP proxy that is not ready within 5 s; on a loaded 2-core machine starting one takes longer
     patch.setenv("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "120")
     patch.setenv("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
+    before = _descendants(os.getpid())  # what earlier tests left under this process (decoder workers, zombies)
     start = time.monotonic()
     ray.init(
         num_cpus=2,
@@ -106,7 +109,9 @@ def cluster(tiny_pipe, tmp_path_factory):
     serve.run(app, name=APP, route_prefix="/")
     startup_s = time.monotonic() - start
     yield {"url": f"ws://127.0.0.1:{port}/live-rt/ws", "folder": folder, "startup_s": startup_s}
-    started = _descendants(os.getpid())  # gcs_server, raylet, the Serve controller, proxy, replicas, workers...
+    started = {  # gcs_server, raylet, the Serve controller, proxy, replicas, workers...: what Ray started
+        pid: args for pid, args in _descendants(os.getpid()).items() if before.get(pid) != args
+    }
     assert any("gcs_server" in args for args in started.values()), started
     serve.shutdown()
     ray.shutdown()
